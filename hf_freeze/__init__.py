@@ -1,0 +1,57 @@
+"""hf-freeze: correct, fast and easy partial fine-tuning of Hugging Face models."""
+
+from .api import freeze_model
+from .errors import (
+    FreezeError,
+    InvalidOptionError,
+    InvalidPatternError,
+    LayerRangeError,
+    LayerStackNotFoundError,
+    NoTrainableParametersError,
+    PatternNotFoundError,
+    PlanMismatchError,
+    SharedLayersError,
+    TiedWeightsConflictError,
+)
+from .matching import compile_pattern, matches
+from .plan import PLAN_FILE, FreezePlan, ParamDecision
+from .spec import FreezeSpec
+
+__version__ = "0.1.0"
+
+# The Trainer side imports transformers; load it on first use so the core stays light.
+_LAZY = {
+    "FreezingTrainer": "trainer",
+    "FreezingTrainingArguments": "arguments",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "PLAN_FILE",
+    "FreezeError",
+    "FreezePlan",
+    "FreezeSpec",
+    "FreezingTrainer",
+    "FreezingTrainingArguments",
+    "InvalidOptionError",
+    "InvalidPatternError",
+    "LayerRangeError",
+    "LayerStackNotFoundError",
+    "NoTrainableParametersError",
+    "ParamDecision",
+    "PatternNotFoundError",
+    "PlanMismatchError",
+    "SharedLayersError",
+    "TiedWeightsConflictError",
+    "compile_pattern",
+    "freeze_model",
+    "matches",
+]

@@ -1,0 +1,252 @@
+"""Find a model's structure without per-model tables: layer stacks, embedding block, head, ties.
+
+- The *base model* is ``model.base_model`` of the innermost ``PreTrainedModel`` (a PEFT wrapper is
+  looked through); the *head* is every parameter of that model outside its base model, plus the
+  parameters of ``get_output_embeddings()``.
+- A *layer stack* is an ``nn.ModuleList`` of blocks of one class under the base model, not nested in
+  another stack's block. Where the config states layer counts (``num_hidden_layers``, ``n_layer``,
+  ``encoder_layers``, ``len(depths)``, ... also in sub-configs), the stacks whose length equals one of
+  them are the main ones; otherwise the stack with the most parameters is. A model may have several
+  (encoder and decoder; vision tower and language model).
+- The *embedding block* is what lies outside the stacks and the head and either sits in a module
+  whose name contains ``embed``, is an ``nn.Embedding``, or shares the parent block of
+  ``get_input_embeddings()`` (BERT's ``embeddings.LayerNorm``).
+- Layers that *share parameters* (ALBERT: 12 layers, 1 group) are detected from the config's layer
+  count being a multiple of the stack length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from torch import nn
+
+_LAYER_COUNT_KEYS = (
+    "num_hidden_layers",
+    "num_layers",
+    "n_layer",
+    "n_layers",
+    "num_decoder_layers",
+    "encoder_layers",
+    "decoder_layers",
+)
+
+
+@dataclass(frozen=True)
+class LayerStack:
+    """One stack of repeated blocks: its module path and how many layers it represents.
+
+    ``num_layers`` may exceed ``num_blocks`` when layers share parameters (ALBERT): virtual layer
+    ``i`` then runs block ``i // (num_layers // num_blocks)``.
+    """
+
+    path: str
+    num_blocks: int
+    num_layers: int
+
+    @property
+    def shared(self) -> bool:
+        return self.num_layers != self.num_blocks
+
+    def block_of_layer(self, layer: int) -> int:
+        return layer // (self.num_layers // self.num_blocks)
+
+
+@dataclass
+class ModelStructure:
+    """What :func:`discover` found: stacks, base-model and head prefixes, embedding and head names."""
+
+    stacks: list[LayerStack]
+    base_prefix: str
+    head_names: set[str] = field(default_factory=set)
+    embedding_names: set[str] = field(default_factory=set)
+    frozen_by_design: set[str] = field(default_factory=set)
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+
+    def locate(self, name: str) -> tuple[LayerStack, int] | None:
+        """The stack and block index a parameter name lives in, or None."""
+        for stack in self.stacks:
+            prefix = stack.path + "." if stack.path else ""
+            if name.startswith(prefix):
+                head, _, _ = name[len(prefix) :].partition(".")
+                if head.isdigit():
+                    return stack, int(head)
+        return None
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def find_pretrained(model: nn.Module) -> tuple[str, nn.Module]:
+    """The innermost-first ``PreTrainedModel``-like module (has ``base_model_prefix``) and its path."""
+    for path, module in model.named_modules():
+        if hasattr(module, "base_model_prefix") and hasattr(module, "config"):
+            return path, module
+    return "", model
+
+
+def base_model_path(model: nn.Module) -> str:
+    """Path of the base model (the part without task head) inside ``model``."""
+    path, pretrained = find_pretrained(model)
+    prefix = getattr(pretrained, "base_model_prefix", "") or ""
+    if prefix and isinstance(getattr(pretrained, prefix, None), nn.Module):
+        return _join(path, prefix)
+    return path
+
+
+def _config_layer_counts(config) -> set[int]:
+    counts: set[int] = set()
+    seen: set[int] = set()
+
+    def visit(cfg) -> None:
+        if cfg is None or id(cfg) in seen:
+            return
+        seen.add(id(cfg))
+        for key in _LAYER_COUNT_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                counts.add(value)
+        depths = getattr(cfg, "depths", None)
+        if isinstance(depths, (list, tuple)) and depths:
+            counts.add(len(depths))
+        for value in vars(cfg).values() if hasattr(cfg, "__dict__") else ():
+            if hasattr(value, "to_dict") and hasattr(value, "model_type"):
+                visit(value)
+
+    visit(config)
+    return counts
+
+
+def _candidate_stacks(root: nn.Module, root_path: str) -> Iterator[tuple[str, nn.ModuleList]]:
+    """``nn.ModuleList``s of one block class, outermost only (a stack inside a block is not listed)."""
+
+    def walk(module: nn.Module, path: str) -> Iterator[tuple[str, nn.ModuleList]]:
+        for name, child in module.named_children():
+            child_path = _join(path, name)
+            if (
+                isinstance(child, nn.ModuleList)
+                and len(child) > 0
+                and len({type(block) for block in child}) == 1
+                and any(True for _ in child.parameters())
+            ):
+                yield child_path, child
+            else:
+                yield from walk(child, child_path)
+
+    yield from walk(root, root_path)
+
+
+def _num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def find_layer_stacks(model: nn.Module) -> list[LayerStack]:
+    """The main layer stacks of ``model`` (see the module docstring); empty when there is none."""
+    base_path = base_model_path(model)
+    base = model.get_submodule(base_path) if base_path else model
+    _, pretrained = find_pretrained(model)
+    counts = _config_layer_counts(getattr(pretrained, "config", None))
+    candidates = list(_candidate_stacks(base, base_path))
+    if not candidates:
+        return []
+    matching = [(p, m) for p, m in candidates if len(m) in counts]
+    if matching:
+        return [LayerStack(p, len(m), len(m)) for p, m in matching]
+    # Shared layers: the config counts more layers than there are blocks, as a multiple of them.
+    shared = [(p, m, c) for p, m in candidates for c in sorted(counts) if c > len(m) and c % len(m) == 0]
+    if shared:
+        path, module, count = max(shared, key=lambda item: _num_params(item[1]))
+        return [LayerStack(path, len(module), count)]
+    path, module = max(candidates, key=lambda item: (_num_params(item[1]), len(item[1])))
+    return [LayerStack(path, len(module), len(module))]
+
+
+def named_stack_candidates(model: nn.Module) -> list[str]:
+    """Every ModuleList path in the model, for ``layer_stack`` hints and explicit naming."""
+    return [path for path, module in model.named_modules() if isinstance(module, nn.ModuleList) and len(module)]
+
+
+def stack_from_path(model: nn.Module, path: str) -> LayerStack:
+    module = model.get_submodule(path)
+    return LayerStack(path, len(module), len(module))
+
+
+def parameter_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Canonical name (as ``named_parameters()`` yields it) -> every name of that tensor."""
+    canonical: dict[int, str] = {}
+    aliases: dict[str, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        first = canonical.setdefault(id(param), name)
+        aliases.setdefault(first, []).append(name)
+    return aliases
+
+
+def _owner(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def discover(model: nn.Module, stacks: list[LayerStack] | None = None) -> ModelStructure:
+    """Analyse ``model`` once; the plan reads everything it needs from the result."""
+    aliases = parameter_aliases(model)
+    base_path = base_model_path(model)
+    pretrained_path, pretrained = find_pretrained(model)
+    stacks = find_layer_stacks(model) if stacks is None else stacks
+    structure = ModelStructure(stacks=stacks, base_prefix=base_path, aliases=aliases)
+    modules = dict(model.named_modules(remove_duplicate=False))
+
+    def under(name: str, prefix: str) -> bool:
+        return not prefix or name == prefix or name.startswith(prefix + ".")
+
+    output_prefixes: list[str] = []
+    get_output = getattr(pretrained, "get_output_embeddings", None)
+    if callable(get_output):
+        try:
+            output = get_output()
+        except (NotImplementedError, AttributeError):
+            output = None
+        if isinstance(output, nn.Module):
+            output_prefixes = [p for p, m in modules.items() if m is output]
+
+    input_parent = None
+    get_input = getattr(pretrained, "get_input_embeddings", None)
+    if callable(get_input):
+        try:
+            embedding = get_input()
+        except (NotImplementedError, AttributeError):
+            embedding = None
+        if isinstance(embedding, nn.Module):
+            paths = [p for p, m in modules.items() if m is embedding]
+            if paths:
+                parent = _owner(paths[0])
+                # Only a dedicated block (BertEmbeddings), never a module that also holds the layers.
+                if parent and parent not in (base_path, pretrained_path) and not any(
+                    under(stack.path, parent) for stack in stacks
+                ):
+                    input_parent = parent
+
+    for name, all_names in aliases.items():
+        for alias in all_names:
+            owner = _owner(alias)
+            in_head = (base_path != pretrained_path and under(alias, pretrained_path) and not under(alias, base_path)) or any(
+                under(alias, p) for p in output_prefixes
+            )
+            if in_head:
+                structure.head_names.add(name)
+                # PEFT keeps an unused frozen copy of a head it trains (modules_to_save).
+                if ".original_module." in f".{alias}.":
+                    structure.frozen_by_design.add(name)
+                continue
+            if structure.locate(alias) is not None:
+                continue
+            module = modules.get(owner)
+            segments = owner.split(".") if owner else []
+            if (
+                any("embed" in segment.lower() for segment in segments)
+                or "embed" in alias.rpartition(".")[2].lower()
+                or isinstance(module, nn.Embedding)
+                or (input_parent is not None and under(alias, input_parent))
+            ):
+                structure.embedding_names.add(name)
+    return structure

@@ -1,0 +1,246 @@
+"""``FreezePlan``: per parameter, whether it trains and why; applied to a model, reported, saved.
+
+A plan is data (it round-trips through JSON), so the same object is logged, written next to every
+checkpoint as ``freeze_plan.json``, compared on resume and drawn by ``hf-freeze inspect``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+from .errors import PlanMismatchError
+from .norm_stats import freeze_norm_statistics
+
+PLAN_FILE = "freeze_plan.json"
+GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER = "embeddings", "head", "other"
+
+
+@dataclass
+class ParamDecision:
+    """One parameter: its name, shape, size, whether it trains and the rule that decided it.
+
+    ``group`` is ``"embeddings"``, ``"head"``, ``"other"`` or a layer ``"<stack path>.<index>"``;
+    ``stack``/``layer`` locate layer parameters; ``aliases`` lists the other names of a tied tensor.
+    """
+
+    name: str
+    shape: list[int]
+    numel: int
+    trainable: bool
+    rule: str
+    group: str
+    stack: str | None = None
+    layer: int | None = None
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FreezePlan:
+    """The resolved plan. Build it with :meth:`FreezeSpec.resolve` or :func:`freeze_model`."""
+
+    model_class: str
+    spec: dict[str, Any]
+    params: list[ParamDecision]
+    pattern_hits: dict[str, dict[str, int]]
+    ties: list[list[str]]
+    stacks: list[dict[str, Any]]
+    frozen_norms: list[str] = field(default_factory=list)
+    stage: int = 0
+
+    # ---------------------------------------------------------------- totals
+    @property
+    def total_numel(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    @property
+    def trainable_numel(self) -> int:
+        return sum(p.numel for p in self.params if p.trainable)
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_numel / self.total_numel if self.total_numel else 0.0
+
+    @property
+    def trainable_names(self) -> list[str]:
+        return [p.name for p in self.params if p.trainable]
+
+    @property
+    def frozen_names(self) -> list[str]:
+        return [p.name for p in self.params if not p.trainable]
+
+    def decision(self, name: str) -> ParamDecision:
+        for param in self.params:
+            if param.name == name or name in param.aliases:
+                return param
+        raise KeyError(name)
+
+    @property
+    def plan_hash(self) -> str:
+        """Identifies the resolved trainable set (names, shapes, flags); the spec text does not count."""
+        digest = hashlib.sha256()
+        for p in self.params:
+            digest.update(f"{p.name}|{p.shape}|{int(p.trainable)}\n".encode())
+        return digest.hexdigest()[:16]
+
+    # ---------------------------------------------------------------- apply
+    def check_fits(self, model: nn.Module) -> None:
+        """Raise :class:`PlanMismatchError` naming what differs when ``model`` is not the planned one."""
+        actual = {name: _shape(param) for name, param in model.named_parameters()}
+        planned = {p.name: p.shape for p in self.params}
+        missing = sorted(set(planned) - set(actual))
+        extra = sorted(set(actual) - set(planned))
+        reshaped = sorted(n for n in set(planned) & set(actual) if planned[n] != actual[n])
+        if missing or extra or reshaped:
+            details = []
+            for label, names in (("missing from the model", missing), ("not in the plan", extra)):
+                if names:
+                    details.append(f"{len(names)} parameter(s) {label} (e.g. {names[:3]})")
+            if reshaped:
+                n = reshaped[0]
+                details.append(f"{len(reshaped)} with another shape (e.g. {n}: plan {planned[n]}, model {actual[n]})")
+            raise PlanMismatchError(
+                f"The freeze plan (made for {self.model_class}) does not fit {type(model).__name__}: "
+                + "; ".join(details)
+                + ". Resolve the plan again for this model, or load the model the plan was made for."
+            )
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Set ``requires_grad`` per the plan and fix the statistics of frozen norm layers.
+
+        Idempotent: applying the same (or an updated) plan again only changes what differs.
+        """
+        self.check_fits(model)
+        trainable = {p.name: p.trainable for p in self.params}
+        for name, param in model.named_parameters():
+            param.requires_grad_(trainable[name])
+        freeze_norm_statistics(model, self.frozen_norms)
+        return model
+
+    def with_trainable(self, names: list[str], rule: str) -> FreezePlan:
+        """A copy of the plan where ``names`` train, decided by ``rule`` (used by gradual unfreezing)."""
+        wanted = set(names)
+        params = [replace(p, trainable=True, rule=rule) if p.name in wanted else replace(p) for p in self.params]
+        plan = replace(self, params=params, stage=self.stage + 1)
+        frozen = {p.name for p in params if not p.trainable}
+        plan.frozen_norms = [m for m in self.frozen_norms if all(n in frozen for n in _norm_params(self, m))]
+        return plan
+
+    # ---------------------------------------------------------------- report
+    def groups(self) -> list[dict[str, Any]]:
+        """Rows of the per-group table, in model order: embeddings, layers, other, head."""
+        rows: dict[str, dict[str, Any]] = {}
+        for p in self.params:
+            row = rows.setdefault(p.group, {"group": p.group, "trainable": 0, "frozen": 0, "tensors": 0, "rules": {}})
+            row["trainable" if p.trainable else "frozen"] += p.numel
+            row["tensors"] += 1
+            row["rules"][p.rule] = row["rules"].get(p.rule, 0) + 1
+        order = {GROUP_EMBEDDINGS: 0, GROUP_OTHER: 2, GROUP_HEAD: 3}
+        stack_order = {s["path"]: i for i, s in enumerate(self.stacks)}
+
+        def key(row: dict[str, Any]) -> tuple:
+            group = row["group"]
+            if group in order:
+                return (order[group], 0, 0)
+            stack, _, index = group.rpartition(".")
+            return (1, stack_order.get(stack, 0), int(index))
+
+        return sorted(rows.values(), key=key)
+
+    def summary(self) -> str:
+        """One line, PEFT style: trainable / total / percent."""
+        return (
+            f"trainable params: {self.trainable_numel:,} || all params: {self.total_numel:,} || "
+            f"trainable%: {self.trainable_percent:.4f}"
+        )
+
+    def table(self) -> str:
+        """A readable per-group table (plus pattern hit counts and ties)."""
+        rows = [("group", "trainable", "frozen", "tensors", "decided by")]
+        for row in self.groups():
+            rules = ", ".join(f"{rule} ({count})" for rule, count in row["rules"].items())
+            rows.append((row["group"], f"{row['trainable']:,}", f"{row['frozen']:,}", str(row["tensors"]), rules))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = []
+        for i, row in enumerate(rows):
+            cells = [row[0].ljust(widths[0])] + [row[j].rjust(widths[j]) for j in (1, 2, 3)] + [row[4]]
+            lines.append("  ".join(cells).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 10)
+        for option, hits in self.pattern_hits.items():
+            for pattern, count in hits.items():
+                lines.append(f"{option} {pattern!r}: {count} parameter(s)")
+        for tie in self.ties:
+            lines.append("tied: " + " = ".join(tie))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary() + "\n" + self.table()
+
+    # ---------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["plan_hash"] = self.plan_hash
+        data["totals"] = {
+            "trainable": self.trainable_numel,
+            "total": self.total_numel,
+            "trainable_percent": round(self.trainable_percent, 6),
+        }
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FreezePlan:
+        data = dict(data)
+        saved_hash = data.pop("plan_hash", None)
+        data.pop("totals", None)
+        data["params"] = [ParamDecision(**p) for p in data["params"]]
+        plan = cls(**data)
+        if saved_hash is not None and saved_hash != plan.plan_hash:
+            raise PlanMismatchError(
+                f"The freeze plan's hash {saved_hash} does not match its content ({plan.plan_hash}): "
+                "the file was edited or corrupted. Delete it and resolve the plan again."
+            )
+        return plan
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> FreezePlan:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, directory: str | os.PathLike) -> str:
+        """Write ``freeze_plan.json`` into ``directory``; returns the file path."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, PLAN_FILE)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FreezePlan:
+        """Read a plan from a ``freeze_plan.json`` file or a directory holding one."""
+        if os.path.isdir(path):
+            path = os.path.join(path, PLAN_FILE)
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_json(handle.read())
+
+
+def _shape(param) -> list[int]:
+    # DeepSpeed ZeRO-3 partitions parameters: their real shape lives in ds_shape.
+    return list(getattr(param, "ds_shape", None) or param.shape)
+
+
+def _norm_params(plan: FreezePlan, module_name: str) -> list[str]:
+    prefix = module_name + "."
+    own = [p.name for p in plan.params if p.name.startswith(prefix) and "." not in p.name[len(prefix) :]]
+    if own:
+        return own
+    parent = module_name.rpartition(".")[0]
+    parent_prefix = parent + "." if parent else ""
+    return [p.name for p in plan.params if p.name.startswith(parent_prefix)]

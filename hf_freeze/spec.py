@@ -1,0 +1,96 @@
+"""``FreezeSpec``: the options that decide what is frozen, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidOptionError
+from .layer_selection import LayerSelection
+from .matching import compile_pattern
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .plan import FreezePlan
+
+
+def _as_pattern_list(value: Any, option: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InvalidOptionError(
+        f"`{option}`={value!r} is not valid: give a list of regex strings, e.g. {option}=['embeddings', 'layer.0']."
+    )
+
+
+@dataclass
+class FreezeSpec:
+    """What to freeze, independent of any model. :meth:`resolve` turns it into a :class:`FreezePlan`.
+
+    Example:
+        >>> spec = FreezeSpec(freeze_embeddings=True, freeze_layers=":4", unfreeze=["layer.3.output"])
+        >>> plan = spec.resolve(model)   # doctest: +SKIP
+        >>> plan.apply(model)            # doctest: +SKIP
+
+    Precedence, lowest to highest: the model's current ``requires_grad``; ``freeze_embeddings`` and
+    ``freeze_layers``; ``freeze`` patterns; ``unfreeze`` patterns; ``train_head``.
+    """
+
+    freeze: list[str] = field(default_factory=list)
+    unfreeze: list[str] = field(default_factory=list)
+    freeze_embeddings: bool = False
+    freeze_layers: int | str | None = None
+    layer_stack: str | None = None
+    train_head: bool = True
+    freeze_norm_stats: bool = True
+    freeze_strict: bool = True
+
+    def __post_init__(self) -> None:
+        self.freeze = _as_pattern_list(self.freeze, "freeze")
+        self.unfreeze = _as_pattern_list(self.unfreeze, "unfreeze")
+        for option in ("freeze", "unfreeze"):
+            for pattern in getattr(self, option):
+                compile_pattern(pattern, option)
+        for option in ("freeze_embeddings", "train_head", "freeze_norm_stats", "freeze_strict"):
+            if not isinstance(getattr(self, option), bool):
+                raise InvalidOptionError(
+                    f"`{option}`={getattr(self, option)!r} is not valid: use True or False."
+                )
+        if isinstance(self.freeze_layers, str) and self.freeze_layers.strip().lower() in ("", "none"):
+            self.freeze_layers = None
+        self.layer_selection  # noqa: B018 - validates the syntax now, before any model is seen
+        if self.layer_stack is not None:
+            if isinstance(self.layer_stack, str) and not self.layer_stack.strip():
+                self.layer_stack = None
+            else:
+                compile_pattern(self.layer_stack, "layer_stack")
+
+    @property
+    def layer_selection(self) -> LayerSelection | None:
+        return LayerSelection.parse(self.freeze_layers)
+
+    @property
+    def freezes_anything(self) -> bool:
+        """False when no rule is set: the plan then keeps the model's own ``requires_grad``."""
+        return bool(self.freeze or self.unfreeze or self.freeze_embeddings or self.freeze_layers is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FreezeSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidOptionError(f"Unknown freeze option(s) {unknown}; valid options: {sorted(known)}.")
+        return cls(**data)
+
+    def resolve(self, model: nn.Module) -> FreezePlan:
+        """Decide, for every parameter of ``model``, whether it trains and which rule said so."""
+        from .resolve import resolve_plan
+
+        return resolve_plan(self, model)

@@ -80,9 +80,13 @@ def _join(prefix: str, name: str) -> str:
 
 
 def find_pretrained(model: nn.Module) -> tuple[str, nn.Module]:
-    """The innermost-first ``PreTrainedModel``-like module (has ``base_model_prefix``) and its path."""
+    """The outermost ``PreTrainedModel``-like module and its path.
+
+    Wrappers that forward attribute access (PEFT's ``PeftModel``) are looked through: only a class
+    that itself defines ``base_model_prefix`` counts.
+    """
     for path, module in model.named_modules():
-        if hasattr(module, "base_model_prefix") and hasattr(module, "config"):
+        if hasattr(type(module), "base_model_prefix") and hasattr(module, "config"):
             return path, module
     return "", model
 
@@ -165,7 +169,9 @@ def find_layer_stacks(model: nn.Module) -> list[LayerStack]:
 
 def named_stack_candidates(model: nn.Module) -> list[str]:
     """Every ModuleList path in the model, for ``layer_stack`` hints and explicit naming."""
-    return [path for path, module in model.named_modules() if isinstance(module, nn.ModuleList) and len(module)]
+    return [
+        path for path, module in model.named_modules() if isinstance(module, nn.ModuleList) and len(module)
+    ]
 
 
 def stack_from_path(model: nn.Module, path: str) -> LayerStack:
@@ -221,17 +227,19 @@ def discover(model: nn.Module, stacks: list[LayerStack] | None = None) -> ModelS
             if paths:
                 parent = _owner(paths[0])
                 # Only a dedicated block (BertEmbeddings), never a module that also holds the layers.
-                if parent and parent not in (base_path, pretrained_path) and not any(
-                    under(stack.path, parent) for stack in stacks
+                if (
+                    parent
+                    and parent not in (base_path, pretrained_path)
+                    and not any(under(stack.path, parent) for stack in stacks)
                 ):
                     input_parent = parent
 
     for name, all_names in aliases.items():
         for alias in all_names:
             owner = _owner(alias)
-            in_head = (base_path != pretrained_path and under(alias, pretrained_path) and not under(alias, base_path)) or any(
-                under(alias, p) for p in output_prefixes
-            )
+            in_head = (
+                base_path != pretrained_path and under(alias, pretrained_path) and not under(alias, base_path)
+            ) or any(under(alias, p) for p in output_prefixes)
             if in_head:
                 structure.head_names.add(name)
                 # PEFT keeps an unused frozen copy of a head it trains (modules_to_save).

@@ -108,6 +108,11 @@ class LayerSelection:
                     if bound is not None and not -num_layers <= bound <= num_layers:
                         raise out_of_range(f"slice bound {bound}")
                 selected.update(range(num_layers)[slice(start, stop, step)])
+        if not selected and self.text not in ("0", "0:0"):
+            raise LayerRangeError(
+                f"`freeze_layers`={self.text!r} selects no layer of {stack}, which has {num_layers} layers "
+                f"(valid indexes 0..{num_layers - 1}). Use e.g. ':{num_layers}' or 'all'."
+            )
         return sorted(selected)
 
     def __str__(self) -> str:

@@ -103,7 +103,9 @@ class FreezePlan:
                     details.append(f"{len(names)} parameter(s) {label} (e.g. {names[:3]})")
             if reshaped:
                 n = reshaped[0]
-                details.append(f"{len(reshaped)} with another shape (e.g. {n}: plan {planned[n]}, model {actual[n]})")
+                details.append(
+                    f"{len(reshaped)} with another shape (e.g. {n}: plan {planned[n]}, model {actual[n]})"
+                )
             raise PlanMismatchError(
                 f"The freeze plan (made for {self.model_class}) does not fit {type(model).__name__}: "
                 + "; ".join(details)
@@ -125,7 +127,9 @@ class FreezePlan:
     def with_trainable(self, names: list[str], rule: str) -> FreezePlan:
         """A copy of the plan where ``names`` train, decided by ``rule`` (used by gradual unfreezing)."""
         wanted = set(names)
-        params = [replace(p, trainable=True, rule=rule) if p.name in wanted else replace(p) for p in self.params]
+        params = [
+            replace(p, trainable=True, rule=rule) if p.name in wanted else replace(p) for p in self.params
+        ]
         plan = replace(self, params=params, stage=self.stage + 1)
         frozen = {p.name for p in params if not p.trainable}
         plan.frozen_norms = [m for m in self.frozen_norms if all(n in frozen for n in _norm_params(self, m))]
@@ -136,7 +140,9 @@ class FreezePlan:
         """Rows of the per-group table, in model order: embeddings, layers, other, head."""
         rows: dict[str, dict[str, Any]] = {}
         for p in self.params:
-            row = rows.setdefault(p.group, {"group": p.group, "trainable": 0, "frozen": 0, "tensors": 0, "rules": {}})
+            row = rows.setdefault(
+                p.group, {"group": p.group, "trainable": 0, "frozen": 0, "tensors": 0, "rules": {}}
+            )
             row["trainable" if p.trainable else "frozen"] += p.numel
             row["tensors"] += 1
             row["rules"][p.rule] = row["rules"].get(p.rule, 0) + 1
@@ -164,7 +170,9 @@ class FreezePlan:
         rows = [("group", "trainable", "frozen", "tensors", "decided by")]
         for row in self.groups():
             rules = ", ".join(f"{rule} ({count})" for rule, count in row["rules"].items())
-            rows.append((row["group"], f"{row['trainable']:,}", f"{row['frozen']:,}", str(row["tensors"]), rules))
+            rows.append(
+                (row["group"], f"{row['trainable']:,}", f"{row['frozen']:,}", str(row["tensors"]), rules)
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = []
         for i, row in enumerate(rows):

@@ -49,7 +49,10 @@ def _select_stacks(spec: FreezeSpec, model: nn.Module) -> list[LayerStack] | Non
             f"Candidates: {candidates[:10]}."
         )
     found = {s.path: s for s in discover(model).stacks}
-    return [found.get(p) or LayerStack(p, len(model.get_submodule(p)), len(model.get_submodule(p))) for p in chosen]
+    return [
+        found.get(p) or LayerStack(p, len(model.get_submodule(p)), len(model.get_submodule(p)))
+        for p in chosen
+    ]
 
 
 def _frozen_layers(spec: FreezeSpec, structure: ModelStructure, model: nn.Module) -> dict[str, set[int]]:
@@ -68,7 +71,9 @@ def _frozen_layers(spec: FreezeSpec, structure: ModelStructure, model: nn.Module
         if stack.shared:
             per_block = stack.num_layers // stack.num_blocks
             blocks = {stack.block_of_layer(i) for i in layers}
-            partial = [b for b in sorted(blocks) if not set(range(b * per_block, (b + 1) * per_block)) <= set(layers)]
+            partial = [
+                b for b in sorted(blocks) if not set(range(b * per_block, (b + 1) * per_block)) <= set(layers)
+            ]
             if partial:
                 b = partial[0]
                 raise SharedLayersError(
@@ -169,6 +174,8 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
         params=decisions,
         pattern_hits=hits,
         ties=[names for names in aliases.values() if len(names) > 1],
-        stacks=[{"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks],
+        stacks=[
+            {"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks
+        ],
         frozen_norms=frozen_norm_modules(model, trainable_map) if spec.freeze_norm_stats else [],
     )

@@ -33,10 +33,10 @@ BUILDERS = {
     "electra": lambda: tf.ElectraForSequenceClassification(
         tf.ElectraConfig(num_hidden_layers=4, embedding_size=8, **TEXT)
     ),
-    "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=99, n_embd=16, n_layer=4, n_head=2, n_positions=64)),
-    "llama": lambda: tf.LlamaForCausalLM(
-        tf.LlamaConfig(num_hidden_layers=4, num_key_value_heads=1, **TEXT)
+    "gpt2": lambda: tf.GPT2LMHeadModel(
+        tf.GPT2Config(vocab_size=99, n_embd=16, n_layer=4, n_head=2, n_positions=64)
     ),
+    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(num_hidden_layers=4, num_key_value_heads=1, **TEXT)),
     "mistral": lambda: tf.MistralForCausalLM(
         tf.MistralConfig(num_hidden_layers=4, num_key_value_heads=1, **TEXT)
     ),
@@ -45,46 +45,97 @@ BUILDERS = {
         tf.MixtralConfig(num_hidden_layers=4, num_key_value_heads=1, num_local_experts=2, **TEXT)
     ),
     "t5": lambda: tf.T5ForConditionalGeneration(
-        tf.T5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2, num_heads=2)
+        tf.T5Config(
+            vocab_size=99, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2, num_heads=2
+        )
     ),
     "bart": lambda: tf.BartForConditionalGeneration(
         tf.BartConfig(
-            vocab_size=99, d_model=16, encoder_layers=3, decoder_layers=2, encoder_attention_heads=2,
-            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+            vocab_size=99,
+            d_model=16,
+            encoder_layers=3,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            max_position_embeddings=64,
         )
     ),
     "vit": lambda: tf.ViTForImageClassification(
-        tf.ViTConfig(image_size=16, patch_size=4, num_hidden_layers=4, hidden_size=16, num_attention_heads=2,
-                     intermediate_size=32, num_labels=3)
+        tf.ViTConfig(
+            image_size=16,
+            patch_size=4,
+            num_hidden_layers=4,
+            hidden_size=16,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=3,
+        )
     ),
     "swin": lambda: tf.SwinForImageClassification(
-        tf.SwinConfig(image_size=16, patch_size=2, embed_dim=8, depths=[1, 2], num_heads=[1, 2], window_size=2,
-                      num_labels=3)
+        tf.SwinConfig(
+            image_size=16,
+            patch_size=2,
+            embed_dim=8,
+            depths=[1, 2],
+            num_heads=[1, 2],
+            window_size=2,
+            num_labels=3,
+        )
     ),
     "convnext": lambda: tf.ConvNextForImageClassification(
-        tf.ConvNextConfig(num_channels=3, num_stages=3, hidden_sizes=[8, 16, 16], depths=[1, 1, 2], num_labels=3)
+        tf.ConvNextConfig(
+            num_channels=3, num_stages=3, hidden_sizes=[8, 16, 16], depths=[1, 1, 2], num_labels=3
+        )
     ),
     "resnet": lambda: tf.ResNetForImageClassification(
         tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16], depths=[1, 1, 1], num_labels=3)
     ),
     "wav2vec2": lambda: tf.Wav2Vec2ForSequenceClassification(
-        tf.Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                          conv_dim=(8, 8, 8), conv_stride=(4, 2, 2), conv_kernel=(8, 3, 3),
-                          num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
+        tf.Wav2Vec2Config(
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            conv_dim=(8, 8, 8),
+            conv_stride=(4, 2, 2),
+            conv_kernel=(8, 3, 3),
+            num_conv_pos_embeddings=4,
+            num_conv_pos_embedding_groups=2,
+        )
     ),
     "clip": lambda: tf.CLIPModel(
         tf.CLIPConfig(
-            text_config=dict(vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=32, max_position_embeddings=32),
-            vision_config=dict(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
-                               image_size=16, patch_size=4),
+            text_config=dict(
+                vocab_size=99,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=32,
+                max_position_embeddings=32,
+            ),
+            vision_config=dict(
+                hidden_size=16,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                intermediate_size=32,
+                image_size=16,
+                patch_size=4,
+            ),
             projection_dim=8,
         )
     ),
     "llava": lambda: tf.LlavaForConditionalGeneration(
         tf.LlavaConfig(
-            vision_config=tf.CLIPVisionConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                              intermediate_size=32, image_size=16, patch_size=4),
+            vision_config=tf.CLIPVisionConfig(
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=32,
+                image_size=16,
+                patch_size=4,
+            ),
             text_config=tf.LlamaConfig(num_hidden_layers=3, num_key_value_heads=1, **TEXT),
             image_token_index=98,
         )

@@ -1,0 +1,218 @@
+"""Discovery across architectures: stacks, embedding block, head, ties, and freeze_layers slices.
+
+Expected values are written out per model (no per-model table exists in the library itself).
+"""
+
+import pytest
+from tiny_models import build
+
+from hf_freeze import FreezeSpec, SharedLayersError
+from hf_freeze.discovery import discover
+
+# model: (stacks [(path, num_layers)], embedding prefixes, exact head names, ties)
+EXPECTED = {
+    "bert": ([("bert.encoder.layer", 4)], ["bert.embeddings."], {"classifier.weight", "classifier.bias"}, []),
+    "roberta": (
+        [("roberta.encoder.layer", 4)],
+        ["roberta.embeddings."],
+        {
+            "classifier.dense.weight",
+            "classifier.dense.bias",
+            "classifier.out_proj.weight",
+            "classifier.out_proj.bias",
+        },
+        [],
+    ),
+    "distilbert": (
+        [("distilbert.transformer.layer", 4)],
+        ["distilbert.embeddings."],
+        {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight", "classifier.bias"},
+        [],
+    ),
+    "albert": (
+        [("albert.encoder.albert_layer_groups", 4)],
+        ["albert.embeddings.", "albert.encoder.embedding_hidden_mapping_in."],
+        {"classifier.weight", "classifier.bias"},
+        [],
+    ),
+    "deberta_v2": (
+        [("deberta.encoder.layer", 4)],
+        ["deberta.embeddings.", "deberta.encoder.rel_embeddings."],
+        {"classifier.weight", "classifier.bias", "pooler.dense.weight", "pooler.dense.bias"},
+        [],
+    ),
+    "electra": (
+        [("electra.encoder.layer", 4)],
+        ["electra.embeddings.", "electra.embeddings_project."],
+        {
+            "classifier.dense.weight",
+            "classifier.dense.bias",
+            "classifier.out_proj.weight",
+            "classifier.out_proj.bias",
+        },
+        [],
+    ),
+    "gpt2": (
+        [("transformer.h", 4)],
+        ["transformer.wte.", "transformer.wpe."],
+        {"transformer.wte.weight"},
+        [{"transformer.wte.weight", "lm_head.weight"}],
+    ),
+    "llama": ([("model.layers", 4)], ["model.embed_tokens."], {"lm_head.weight"}, []),
+    "mistral": ([("model.layers", 4)], ["model.embed_tokens."], {"lm_head.weight"}, []),
+    "qwen2": ([("model.layers", 4)], ["model.embed_tokens."], {"lm_head.weight"}, []),
+    "mixtral": ([("model.layers", 4)], ["model.embed_tokens."], {"lm_head.weight"}, []),
+    "t5": (
+        [("encoder.block", 3), ("decoder.block", 2)],
+        ["shared."],
+        {"shared.weight"},
+        [{"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}],
+    ),
+    "bart": (
+        [("model.encoder.layers", 3), ("model.decoder.layers", 2)],
+        [
+            "model.shared.",
+            "model.encoder.embed_positions.",
+            "model.decoder.embed_positions.",
+            "model.encoder.layernorm_embedding.",
+            "model.decoder.layernorm_embedding.",
+        ],
+        {"model.shared.weight"},
+        [
+            {
+                "model.shared.weight",
+                "model.encoder.embed_tokens.weight",
+                "model.decoder.embed_tokens.weight",
+                "lm_head.weight",
+            }
+        ],
+    ),
+    "vit": ([("vit.layers", 4)], ["vit.embeddings."], {"classifier.weight", "classifier.bias"}, []),
+    "swin": (
+        [("swin.encoder.layers", 2)],
+        ["swin.embeddings."],
+        {"classifier.weight", "classifier.bias"},
+        [],
+    ),
+    "convnext": (
+        [("convnext.encoder.stages", 3)],
+        ["convnext.embeddings."],
+        {"classifier.weight", "classifier.bias"},
+        [],
+    ),
+    "resnet": (
+        [("resnet.encoder.stages", 3)],
+        ["resnet.embedder."],
+        {"classifier.1.weight", "classifier.1.bias"},
+        [],
+    ),
+    "wav2vec2": (
+        [("wav2vec2.encoder.layers", 2)],
+        ["wav2vec2.encoder.pos_conv_embed.", "wav2vec2.masked_spec_embed"],
+        {"classifier.weight", "classifier.bias", "projector.weight", "projector.bias"},
+        [],
+    ),
+    "clip": (
+        [("text_model.encoder.layers", 2), ("vision_model.encoder.layers", 3)],
+        ["text_model.embeddings.", "vision_model.embeddings."],
+        set(),
+        [],
+    ),
+    "llava": (
+        [("model.vision_tower.encoder.layers", 2), ("model.language_model.layers", 3)],
+        ["model.vision_tower.embeddings.", "model.language_model.embed_tokens."],
+        {"lm_head.weight"},
+        [],
+    ),
+}
+
+
+def names(model):
+    return [n for n, _ in model.named_parameters()]
+
+
+def under(name, prefixes):
+    return any(name.startswith(p) for p in prefixes)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {}
+
+
+def get(models, key):
+    if key not in models:
+        models[key] = build(key)
+    return models[key]
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED))
+def test_structure(models, key):
+    stacks, emb_prefixes, head, ties = EXPECTED[key]
+    model = get(models, key)
+    found = discover(model)
+    assert [(s.path, s.num_layers) for s in found.stacks] == stacks
+    assert found.embedding_names == {n for n in names(model) if under(n, emb_prefixes)}
+    assert found.head_names == head
+    assert [set(t) for t in found.aliases.values() if len(t) > 1] == ties
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED))
+@pytest.mark.parametrize("selection", ["-1:", ":1", "all", "0,-1"])
+def test_freeze_layers_slices_give_exact_names(models, key, selection):
+    if key == "albert":
+        pytest.skip("shared layers: see test_albert_shared_layers")
+    stacks = EXPECTED[key][0]
+    model = get(models, key)
+    spec = FreezeSpec(freeze_layers=selection, train_head=False, freeze_strict=True)
+    expected = set()
+    for path, count in stacks:
+        indices = {"-1:": [count - 1], ":1": [0], "all": range(count), "0,-1": [0, count - 1]}[selection]
+        expected |= {n for n in names(model) for i in indices if n.startswith(f"{path}.{i}.")}
+    if len(expected) == len(names(model)):
+        pytest.skip("the selection freezes everything")
+    plan = spec.resolve(model)
+    assert set(plan.frozen_names) == expected
+    assert all(plan.decision(n).rule == "freeze_layers" for n in expected)
+
+
+def test_layer_stack_names_one_stack(models):
+    model = get(models, "t5")
+    plan = FreezeSpec(freeze_layers="-1:", layer_stack="decoder", train_head=False).resolve(model)
+    assert set(plan.frozen_names) == {n for n in names(model) if n.startswith("decoder.block.1.")}
+    plan = FreezeSpec(freeze_layers=":2", layer_stack="language_model").resolve(get(models, "llava"))
+    assert {d.layer for d in plan.params if not d.trainable} == {0, 1}
+    assert {d.stack for d in plan.params if not d.trainable} == {"model.language_model.layers"}
+
+
+def test_layer_stack_can_name_a_module_list_discovery_skipped(models):
+    # Wav2Vec2's feature-encoder convolutions are not a main stack, but the user can name them.
+    model = get(models, "wav2vec2")
+    plan = FreezeSpec(freeze_layers="all", layer_stack="feature_extractor.conv_layers").resolve(model)
+    assert set(plan.frozen_names) == {n for n in names(model) if n.startswith("wav2vec2.feature_extractor.")}
+
+
+def test_freeze_embeddings_freezes_exactly_the_embedding_block(models):
+    model = get(models, "bert")
+    plan = FreezeSpec(freeze_embeddings=True).resolve(model)
+    assert set(plan.frozen_names) == {n for n in names(model) if n.startswith("bert.embeddings.")}
+
+
+def test_albert_shared_layers(models):
+    model = get(models, "albert")  # 4 layers sharing 2 parameter groups
+    plan = FreezeSpec(freeze_layers=":2").resolve(model)
+    assert set(plan.frozen_names) == {
+        n for n in names(model) if n.startswith("albert.encoder.albert_layer_groups.0.")
+    }
+    with pytest.raises(SharedLayersError, match=r"`freeze_layers`=':1'.*share 2 parameter group"):
+        FreezeSpec(freeze_layers=":1").resolve(model)
+    plan = FreezeSpec(freeze_layers="all").resolve(model)
+    assert all(n not in plan.trainable_names for n in names(model) if ".albert_layer_groups." in n)
+
+
+def test_tied_weights_are_one_parameter_in_the_plan(models):
+    plan = FreezeSpec().resolve(get(models, "gpt2"))
+    assert "lm_head.weight" not in [p.name for p in plan.params]
+    assert plan.decision("lm_head.weight").name == "transformer.wte.weight"
+    assert plan.ties == [["transformer.wte.weight", "lm_head.weight"]]
+    assert plan.total_numel == sum(p.numel() for p in get(models, "gpt2").parameters())

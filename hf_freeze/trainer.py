@@ -1,0 +1,266 @@
+"""``FreezingTrainer``: ``transformers.Trainer`` that resolves, applies, reports and saves a freeze plan.
+
+Thin glue over the core: the plan is resolved once per model (in ``__init__`` or where ``Trainer``
+calls ``model_init``), before Accelerate wraps the model; the optimizer, the backend checks, the
+checkpoints and the model card read that plan. With no freezing option set it is ``Trainer``.
+
+Choices that keep it a drop-in replacement (``transformers``' own Trainer tests must pass with it):
+
+- With no freezing option (or a plain ``TrainingArguments``) the model is not touched: no
+  ``requires_grad`` change, no norm-statistics hook, the optimizer groups are ``Trainer``'s.
+- ``freeze_plan.json`` is written (checkpoints and final model) only when a freezing option is set
+  or the model arrived with frozen parameters (a PEFT model), so plain runs add no file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import backend, optim
+from .errors import FreezeError, InvalidOptionError, PlanMismatchError
+from .plan import PLAN_FILE, FreezePlan
+from .spec import FreezeSpec
+
+logger = logging.getLogger("hf_freeze")
+
+MODEL_CARD_HEADING = "## Partial fine-tuning (hf-freeze)"
+
+
+class FreezingTrainer(Trainer):
+    """``Trainer`` that trains only what the ``FreezingTrainingArguments`` options leave trainable.
+
+    Example:
+        >>> args = FreezingTrainingArguments("out", freeze_embeddings=True, freeze_layers=":8")  # doctest: +SKIP
+        >>> trainer = FreezingTrainer(model=model, args=args, train_dataset=ds)                  # doctest: +SKIP
+        >>> print(trainer.freeze_plan.summary())                                                  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module | None = None, args: Any = None, *rest: Any, **kwargs: Any) -> None:
+        self.freeze_plan: FreezePlan | None = None
+        self._plan_logged = True
+        if model is not None and args is not None:
+            self._resolve_freeze_plan(model, args)
+        super().__init__(model, args, *rest, **kwargs)
+        if not self._plan_logged:
+            self._log_freeze_plan()
+        if self.optimizer is not None and self.freeze_plan is not None:
+            frozen = optim.frozen_in_optimizer(self.optimizer, optim.param_names(self.model))
+            if frozen:
+                logger.warning(
+                    f"The optimizer passed through `optimizers=` holds {len(frozen)} frozen parameter(s) (e.g. "
+                    f"{frozen[:3]}). They will not train (no gradient), but optimizers with weight decay or "
+                    "momentum can still change them. Build it from `[p for p in model.parameters() if "
+                    "p.requires_grad]`, or let FreezingTrainer create it."
+                )
+
+    # ------------------------------------------------------------------ the plan
+    @property
+    def freezing_active(self) -> bool:
+        """True when the arguments carry a freezing option (``FreezingTrainingArguments.freezing_enabled``)."""
+        return bool(getattr(self.args, "freezing_enabled", False))
+
+    def _resolve_freeze_plan(self, model: nn.Module, args: Any) -> None:
+        """Resolve the plan for ``model`` and apply it; without options only record the model's own trainable set."""
+        spec: FreezeSpec | None = getattr(args, "freeze_spec", None)
+        if spec is not None and getattr(args, "freezing_enabled", False):
+            plan = spec.resolve(model)
+            plan.apply(model)
+        elif any(not p.requires_grad for p in model.parameters()):
+            try:  # report-only: the plan mirrors requires_grad and is never applied
+                plan = FreezeSpec(freeze_norm_stats=False).resolve(model)
+            except FreezeError as err:
+                logger.debug(f"No freeze plan recorded for {type(model).__name__}: {err}")
+                plan = None
+        else:
+            plan = None
+        self.freeze_plan = plan
+        self._plan_logged = False
+        if getattr(self, "accelerator", None) is not None:
+            self._log_freeze_plan()
+
+    def _log_freeze_plan(self) -> None:
+        self._plan_logged = True
+        if self.freeze_plan is None or not self.accelerator.is_main_process:
+            return
+        logger.info(self.freeze_plan.summary())
+        logger.info("\n" + self.freeze_plan.table())
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        model = super().call_model_init(trial)
+        self._resolve_freeze_plan(model, self.args)
+        return model
+
+    def _writes_plan(self) -> bool:
+        return self.freeze_plan is not None and (self.freezing_active or bool(self.freeze_plan.frozen_names))
+
+    # ------------------------------------------------------------------ accelerator / backend
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        args = super()._build_accelerator_args(**kwargs)
+        if self.freeze_plan is None or not self.freezing_active or self.args.ddp_find_unused_parameters is not None:
+            return args
+        checkpointing = bool(self.args.activation_checkpointing) or bool(
+            getattr(self.model, "is_activation_checkpointing", False)
+        )
+        find_unused = backend.find_unused_from_plan(self.model, self.freeze_plan, checkpointing)
+        for handler in args.get("kwargs_handlers", []):
+            if hasattr(handler, "find_unused_parameters"):
+                handler.find_unused_parameters = find_unused
+        logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
+        return args
+
+    def _checkpointing_on(self, model: nn.Module) -> bool:
+        if self.args.activation_checkpointing:
+            return True
+        return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()) or bool(
+            getattr(model, "is_activation_checkpointing", False)
+        )
+
+    def _preflight(self) -> None:
+        """Backend checks and checkpointing hooks, after ``Trainer`` set up checkpointing, before any step."""
+        if getattr(self.args, "unfreeze_strategy", "no") != "no":
+            raise InvalidOptionError(
+                f"`unfreeze_strategy`={self.args.unfreeze_strategy!r}: gradual unfreezing is not implemented in "
+                "this version of FreezingTrainer. Set unfreeze_strategy='no' (train the final trainable set from "
+                "the start) or unfreeze between separate `train()` runs with different `freeze_layers`."
+            )
+        plan = self.freeze_plan
+        if plan is None or not self.freezing_active:
+            return
+        if self.is_fsdp_enabled:
+            backend.check_fsdp(self.model, self.accelerator.state.fsdp_plugin)
+        checkpointing = self._checkpointing_on(self.model)
+        if checkpointing and plan.frozen_names:
+            kwargs = self.args.activation_checkpointing_kwargs or {}
+            backend.check_checkpointing(
+                plan, self.args.ddp_find_unused_parameters, True, bool(kwargs.get("use_reentrant", True))
+            )
+            hooked = backend.make_checkpointed_layers_trainable(self.model, plan)
+            logger.debug(f"Inputs of {hooked} require grad under activation checkpointing.")
+
+    def _inner_training_loop(self, *args: Any, **kwargs: Any):
+        if self.model_init is not None and kwargs.get("resume_from_checkpoint") is not None:
+            self._check_checkpoint_plan(kwargs["resume_from_checkpoint"])
+        self._preflight()
+        return super()._inner_training_loop(*args, **kwargs)
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model: nn.Module | None = None):
+        user_built = self.optimizer is not None
+        optimizer = super().create_optimizer(model)
+        if user_built or not self.freezing_active:
+            return optimizer
+        opt_model = self.model if model is None else model
+        decay = getattr(self.args, "layer_lr_decay", 1.0)
+        if optim.is_standard_grouping(optimizer, opt_model, self.get_decay_parameter_names(opt_model)):
+            names = optim.regroup(optimizer, optim.param_names(opt_model), self.freeze_plan, decay)
+            if self.accelerator.is_main_process:
+                logger.info("Optimizer groups:\n" + optim.describe(optimizer))
+            logger.debug(f"Optimizer group names: {names}")
+        elif decay != 1.0:
+            raise InvalidOptionError(
+                f"`layer_lr_decay`={decay} needs Trainer's standard parameter groups, but `optim`="
+                f"{self.args.optim!r} (or `optimizer_cls_and_kwargs`) groups parameters its own way. Use "
+                "layer_lr_decay=1.0 with it, or a standard optimizer such as adamw_torch."
+            )
+        return optimizer
+
+    # ------------------------------------------------------------------ save / resume
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save and self._writes_plan():
+            self.freeze_plan.save(output_dir if output_dir is not None else self.args.output_dir)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        if isinstance(resume_from_checkpoint, str) and self.model_init is None:
+            self._check_checkpoint_plan(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _check_checkpoint_plan(self, checkpoint: str) -> None:
+        """The checkpoint's ``freeze_plan.json`` must describe this model and these options."""
+        current = self.freeze_plan if self._writes_plan() else None
+        path = os.path.join(checkpoint, PLAN_FILE)
+        if not os.path.isfile(path):
+            if current is not None and current.frozen_names:
+                raise PlanMismatchError(
+                    f"The checkpoint {checkpoint!r} has no {PLAN_FILE} (it was not trained with these freezing "
+                    f"options), but this run freezes {len(current.frozen_names)} parameter(s). Resume with the "
+                    "options it was trained with, or start a new run from its weights instead of resuming."
+                )
+            return
+        saved = FreezePlan.load(path)
+        if current is None:
+            if saved.frozen_names:
+                raise PlanMismatchError(
+                    f"The checkpoint {checkpoint!r} was trained with {len(saved.frozen_names)} frozen parameter(s) "
+                    f"(spec {_set_options(saved.spec)}) but this run freezes nothing. Pass the same freezing "
+                    "options to resume it."
+                )
+            return
+        if saved.plan_hash != current.plan_hash:
+            raise PlanMismatchError(
+                f"The freeze plan saved in {checkpoint!r} does not match this model and options: "
+                + describe_plan_difference(saved, current)
+                + ". Resume with the options the checkpoint was trained with."
+            )
+
+    # ------------------------------------------------------------------ model card
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        super().create_model_card(*args, **kwargs)
+        if not self.is_world_process_zero() or not self._writes_plan():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as handle:
+            card = handle.read()
+        if MODEL_CARD_HEADING in card:
+            return
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("\n" + model_card_section(self.freeze_plan))
+
+
+def _set_options(spec: dict[str, Any]) -> dict[str, Any]:
+    defaults = FreezeSpec().to_dict()
+    return {k: v for k, v in spec.items() if defaults.get(k) != v}
+
+
+def describe_plan_difference(saved: FreezePlan, current: FreezePlan) -> str:
+    """What differs between two plans, for an error message: options, parameters, trainable flags."""
+    parts = []
+    changed = {k for k in set(saved.spec) | set(current.spec) if saved.spec.get(k) != current.spec.get(k)}
+    if changed:
+        diffs = [f"{k}: saved {saved.spec.get(k)!r}, now {current.spec.get(k)!r}" for k in sorted(changed)]
+        parts.append("options " + ", ".join(diffs))
+    saved_flags = {p.name: p.trainable for p in saved.params}
+    now_flags = {p.name: p.trainable for p in current.params}
+    missing, extra = sorted(set(saved_flags) - set(now_flags)), sorted(set(now_flags) - set(saved_flags))
+    if missing:
+        parts.append(f"{len(missing)} saved parameter(s) not in the model (e.g. {missing[:3]})")
+    if extra:
+        parts.append(f"{len(extra)} model parameter(s) not in the saved plan (e.g. {extra[:3]})")
+    flipped = sorted(n for n in set(saved_flags) & set(now_flags) if saved_flags[n] != now_flags[n])
+    if flipped:
+        examples = ", ".join(f"{n} (saved {'trainable' if saved_flags[n] else 'frozen'})" for n in flipped[:3])
+        parts.append(f"{len(flipped)} parameter(s) with another trainable flag, e.g. {examples}")
+    if not parts:
+        parts.append(f"plan hash saved {saved.plan_hash}, now {current.plan_hash} (shapes differ)")
+    return "; ".join(parts)
+
+
+def model_card_section(plan: FreezePlan) -> str:
+    """Markdown for the model card: what was frozen and how to reproduce it."""
+    options = _set_options(plan.spec)
+    return (
+        f"{MODEL_CARD_HEADING}\n\n"
+        f"Only part of the model was trained. {plan.summary()}\n\n"
+        f"Freezing options: `{options}` (plan hash `{plan.plan_hash}`, full plan in `{PLAN_FILE}`).\n\n"
+        "```\n" + plan.table() + "\n```\n"
+    )

@@ -46,3 +46,7 @@ class NoTrainableParametersError(FreezeError):
 
 class PlanMismatchError(FreezeError):
     """A saved plan does not fit the model or options it is applied to."""
+
+
+class ModelLoadError(FreezeError):
+    """``hf-freeze inspect`` could not read the model's config (no such path, offline Hub id, bad file)."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import InvalidOptionError
-from .plan import GROUP_HEAD, FreezePlan
+from .plan import GROUP_OTHER, FreezePlan
 
 logger = logging.getLogger("hf_freeze")
 
@@ -61,8 +61,8 @@ def find_unused_from_plan(model: nn.Module, plan: FreezePlan, checkpointing: boo
     """``find_unused_parameters`` for DDP, decided from the plan.
 
     DDP registers only parameters that require grad, so frozen ones never need the unused-parameter
-    search. It is needed only when a *trainable* parameter may get no gradient: anything outside the
-    layer stacks and the head (a pooler, a projector), or the experts of a mixture-of-experts model.
+    search. It is needed only when a *trainable* parameter may get no gradient: one outside the embedding
+    block, the layer stacks and the head (a pooler, a projector), or an expert of a mixture-of-experts model.
     With activation checkpointing it stays off, as in ``Trainer`` (reentrant checkpointing breaks it).
     """
     if checkpointing:
@@ -70,7 +70,7 @@ def find_unused_from_plan(model: nn.Module, plan: FreezePlan, checkpointing: boo
     config = getattr(model, "config", None)
     if config is not None and any(getattr(config, key, 0) for key in _MOE_KEYS):
         return True
-    return any(p.trainable and p.stack is None and p.group != GROUP_HEAD for p in plan.params)
+    return any(p.trainable and p.group == GROUP_OTHER for p in plan.params)
 
 
 def check_checkpointing(plan: FreezePlan, find_unused: bool | None, checkpointing: bool, reentrant: bool) -> None:

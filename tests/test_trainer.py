@@ -1,0 +1,443 @@
+"""FreezingTrainer on one CPU process: drop-in equality with Trainer, freezing, optimizer groups,
+checkpointing, resume, BatchNorm, PEFT, model_init, saved plans, model card and backend checks."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tiny_models import build
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from hf_freeze import (
+    PLAN_FILE,
+    FreezePlan,
+    FreezeSpec,
+    FreezingTrainer,
+    FreezingTrainingArguments,
+    InvalidOptionError,
+    PlanMismatchError,
+    backend,
+    optim,
+)
+
+# Trainer.train() calls gc.collect() (accelerate's free_memory); after the heavy imports that scan costs
+# about a second per run on this machine. Freezing the objects alive now keeps it short.
+gc.freeze()
+
+STEPS = 4
+COMMON = dict(
+    per_device_train_batch_size=4, learning_rate=1e-2, weight_decay=0.1, report_to="none", use_cpu=True,
+    logging_steps=1, disable_tqdm=True, save_strategy="no", dataloader_num_workers=0,
+)
+
+
+class TokenData(torch.utils.data.Dataset):
+    """Random token sequences with binary labels (seeded, so every run sees the same batches)."""
+
+    def __init__(self, n: int = 16, length: int = 8):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randint(0, 99, (n, length), generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+class ImageData(torch.utils.data.Dataset):
+    def __init__(self, n: int = 8):
+        g = torch.Generator().manual_seed(2)
+        self.x = torch.randn(n, 3, 16, 16, generator=g) * 3 + 1
+        self.y = torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+
+def args_for(tmp_path, cls=FreezingTrainingArguments, name="run", **options):
+    merged = {**COMMON, "max_steps": STEPS, **options}
+    return cls(str(tmp_path / name), **merged)
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def losses(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def changed(before, model):
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+
+
+def optimizer_params(trainer):
+    return [p for g in trainer.optimizer.param_groups for p in g["params"]]
+
+
+# ---------------------------------------------------------------- drop-in
+
+
+@pytest.mark.parametrize("args_cls", [FreezingTrainingArguments, TrainingArguments])
+def test_no_options_is_exactly_trainer(tmp_path, args_cls):
+    runs = {}
+    for label, trainer_cls, cls in (("ref", Trainer, TrainingArguments), ("ours", FreezingTrainer, args_cls)):
+        model = build("bert")
+        args = args_for(tmp_path, cls, name=label, save_strategy="steps", save_steps=2)
+        trainer = trainer_cls(model=model, args=args, train_dataset=TokenData())
+        trainer.train()
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
+        sizes = [len(g["params"]) for g in trainer.optimizer.param_groups]
+        files = sorted(os.listdir(tmp_path / label / "checkpoint-2"))
+        runs[label] = (losses(trainer), snapshot(model), groups, sizes, files, trainer)
+    ref, ours = runs["ref"], runs["ours"]
+    assert ours[0] == ref[0] and len(ref[0]) == STEPS
+    assert all(torch.equal(ref[1][n], ours[1][n]) for n in ref[1])
+    assert ours[2] == ref[2] and ours[3] == ref[3]
+    assert ours[4] == ref[4] and PLAN_FILE not in ours[4]
+    assert ours[5].freeze_plan is None
+
+
+# ---------------------------------------------------------------- freezing
+
+
+def test_frozen_stay_bitwise_trained_change_and_optimizer_holds_only_trainable(tmp_path):
+    model = build("bert")
+    before = snapshot(model)
+    args = args_for(tmp_path, freeze_embeddings=True, freeze_layers=":2")
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData())
+    trainer.train()
+    plan = trainer.freeze_plan
+    frozen, trainable = set(plan.frozen_names), set(plan.trainable_names)
+    assert "bert.embeddings.word_embeddings.weight" in frozen and "bert.encoder.layer.1.output.dense.weight" in frozen
+    assert "bert.encoder.layer.2.output.dense.weight" in trainable
+    moved = changed(before, model)
+    assert not (moved & frozen)
+    assert {"bert.encoder.layer.2.output.dense.weight", "classifier.weight"} <= moved
+    in_optimizer = {id(p) for p in optimizer_params(trainer)}
+    named = dict(model.named_parameters())
+    assert {id(named[n]) for n in frozen}.isdisjoint(in_optimizer)
+    assert {id(named[n]) for n in trainable} == in_optimizer
+    decay = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(named["bert.encoder.layer.3.output.dense.weight"]) in decay
+    assert id(named["bert.encoder.layer.3.output.dense.bias"]) not in decay
+    assert id(named["bert.encoder.layer.3.output.LayerNorm.weight"]) not in decay
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["decay", "no_decay"]
+
+
+def test_same_losses_as_trainer_on_a_model_frozen_by_hand(tmp_path):
+    model = build("bert")
+    trainer = FreezingTrainer(
+        model=model, args=args_for(tmp_path, name="ours", freeze=[r"layer\.[01]", "embeddings"]),
+        train_dataset=TokenData(),
+    )
+    trainer.train()
+    manual = build("bert")
+    for name, param in manual.named_parameters():
+        param.requires_grad_(name in set(trainer.freeze_plan.trainable_names))
+    reference = Trainer(model=manual, args=args_for(tmp_path, TrainingArguments, name="ref"), train_dataset=TokenData())
+    reference.train()
+    assert losses(trainer) == losses(reference)
+    theirs = dict(manual.named_parameters())
+    assert all(torch.equal(p, theirs[n]) for n, p in model.named_parameters())
+
+
+def test_layer_lr_decay_groups(tmp_path):
+    model = build("bert")
+    args = args_for(tmp_path, freeze_embeddings=True, layer_lr_decay=0.5, max_steps=1)
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData())
+    trainer.create_optimizer()
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    base = args.learning_rate
+    assert lrs["bert.encoder.layer.3/decay"] == pytest.approx(base * 0.5)
+    assert lrs["bert.encoder.layer.0/no_decay"] == pytest.approx(base * 0.5**4)
+    assert lrs["head/decay"] == pytest.approx(base)
+    assert not any(name.startswith("embeddings") for name in lrs)  # frozen: no group
+    held = {id(p) for p in optimizer_params(trainer)}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_layer_lr_decay_scales_embeddings_and_schedules(tmp_path):
+    model = build("bert")
+    args = args_for(tmp_path, layer_lr_decay=0.5, max_steps=2, lr_scheduler_type="linear")
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData())
+    trainer.train()
+    scales = optim.layer_scales(trainer.freeze_plan, 0.5)
+    assert scales["embeddings"] == pytest.approx(0.5**5)
+    # the scheduler drives every group from its own initial lr
+    for group in trainer.optimizer.param_groups:
+        assert group["initial_lr"] == pytest.approx(args.learning_rate * scales[group["name"].split("/")[0]])
+        assert group["lr"] == pytest.approx(0.0)
+
+
+def test_layer_lr_decay_refuses_a_non_standard_grouping():
+    model = nn.Linear(2, 2)
+    galore_like = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias], "rank": 4}])
+    assert not optim.is_standard_grouping(galore_like, model, ["weight"])
+    standard = torch.optim.AdamW([{"params": [model.weight], "weight_decay": 0.1}, {"params": [model.bias]}])
+    assert optim.is_standard_grouping(standard, model, ["weight"])
+
+
+def test_user_optimizer_with_frozen_parameters_warns(tmp_path, caplog):
+    model = build("bert")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = args_for(tmp_path, freeze_embeddings=True)
+    with caplog.at_level(logging.WARNING, logger="hf_freeze"):
+        FreezingTrainer(model=model, args=args, train_dataset=TokenData(), optimizers=(optimizer, None))
+    assert "optimizers=" in caplog.text and "word_embeddings" in caplog.text
+
+
+def test_plan_logged_on_main_process(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="hf_freeze"):
+        FreezingTrainer(model=build("bert"), args=args_for(tmp_path, freeze_layers="2"), train_dataset=TokenData())
+    assert "trainable params:" in caplog.text and "bert.encoder.layer.1" in caplog.text
+
+
+def test_model_init_gets_the_plan(tmp_path):
+    made = []
+
+    def model_init():
+        made.append(build("bert"))
+        return made[-1]
+
+    args = args_for(tmp_path, freeze_layers=":3", max_steps=2)
+    trainer = FreezingTrainer(model_init=model_init, args=args, train_dataset=TokenData())
+    assert not made[0].bert.encoder.layer[2].output.dense.weight.requires_grad
+    before = snapshot(build("bert"))
+    trainer.train()
+    assert len(made) == 2 and trainer.model is made[1]
+    assert not made[1].bert.encoder.layer[0].output.dense.weight.requires_grad
+    assert not (changed(before, made[1]) & set(trainer.freeze_plan.frozen_names))
+    assert "bert.encoder.layer.3.output.dense.weight" in changed(before, made[1])
+
+
+# ---------------------------------------------------------------- activation checkpointing
+
+
+class EmbedsData(TokenData):
+    """Feeds ``inputs_embeds`` (a frozen embedding computed outside the model), not ``input_ids``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.table = torch.randn(99, 16)
+
+    def __getitem__(self, i):
+        return {"inputs_embeds": self.table[self.x[i]], "labels": self.y[i]}
+
+
+class Wrapper(nn.Module):
+    """Not a PreTrainedModel: a backbone plus its own head, checkpointing forwarded to the backbone."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = build("bert")
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **_):
+        self.inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def forward(self, inputs_embeds, labels):
+        return self.inner(inputs_embeds=inputs_embeds, labels=labels)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+@pytest.mark.parametrize("kind", ["input_ids", "inputs_embeds", "not_pretrained"])
+def test_checkpointing_above_frozen_layers_trains(tmp_path, kind, reentrant):
+    model = Wrapper() if kind == "not_pretrained" else build("bert")
+    data = TokenData() if kind == "input_ids" else EmbedsData()
+    options = dict(freeze_embeddings=True, freeze_layers=":2", max_steps=2, remove_unused_columns=False)
+    if kind == "not_pretrained":
+        options = dict(freeze=["embeddings", r"layer\.[01]"], max_steps=2, remove_unused_columns=False)
+    args = args_for(
+        tmp_path, activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": reentrant},
+        **options,
+    )
+    before = snapshot(model)
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    moved = changed(before, model)
+    prefix = "inner." if kind == "not_pretrained" else ""
+    assert f"{prefix}bert.encoder.layer.2.attention.self.query.weight" in moved
+    assert f"{prefix}bert.encoder.layer.3.output.dense.weight" in moved
+    assert not (moved & set(trainer.freeze_plan.frozen_names))
+
+
+def test_checkpointing_matches_the_run_without_it(tmp_path):
+    finals = []
+    for checkpointing in (False, True):
+        model = build("bert")
+        args = args_for(
+            tmp_path, name=f"gc{checkpointing}", freeze_layers=":2", freeze_embeddings=True, max_steps=2,
+            activation_checkpointing=checkpointing, activation_checkpointing_kwargs={"use_reentrant": True},
+            remove_unused_columns=False,
+        )
+        FreezingTrainer(model=model, args=args, train_dataset=EmbedsData()).train()
+        finals.append(snapshot(model))
+    for name, value in finals[0].items():
+        torch.testing.assert_close(finals[1][name], value, msg=name)
+
+
+# ---------------------------------------------------------------- save, resume, model card
+
+
+def test_plan_saved_in_checkpoints_final_model_and_model_card(tmp_path):
+    args = args_for(tmp_path, freeze_layers=":2", save_strategy="steps", save_steps=2)
+    trainer = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData())
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card(model_name="tiny")
+    out = tmp_path / "run"
+    for directory in (out / "checkpoint-2", out / "checkpoint-4", out):
+        saved = FreezePlan.load(directory)
+        assert saved.plan_hash == trainer.freeze_plan.plan_hash
+        assert json.loads((directory / PLAN_FILE).read_text())["spec"]["freeze_layers"] == ":2"
+    card = (out / "README.md").read_text()
+    assert "Partial fine-tuning (hf-freeze)" in card and trainer.freeze_plan.summary() in card
+
+
+def _resume_args(tmp_path, name, **options):
+    return args_for(tmp_path, name=name, max_steps=6, save_strategy="steps", save_steps=3, **options)
+
+
+def test_resume_matches_the_uninterrupted_run_bitwise(tmp_path):
+    options = dict(freeze_embeddings=True, freeze_layers=":2", layer_lr_decay=0.8)
+    full_model = build("bert")
+    FreezingTrainer(model=full_model, args=_resume_args(tmp_path, "full", **options), train_dataset=TokenData()).train()
+
+    resumed_model = build("bert")
+    trainer = FreezingTrainer(
+        model=resumed_model, args=_resume_args(tmp_path, "full", **options), train_dataset=TokenData()
+    )
+    trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert trainer.state.global_step == 6
+    full = dict(full_model.named_parameters())
+    assert all(torch.equal(p, full[n]) for n, p in resumed_model.named_parameters())
+
+
+def test_resume_with_another_plan_errors_before_any_step(tmp_path):
+    FreezingTrainer(
+        model=build("bert"), args=_resume_args(tmp_path, "a", freeze_layers=":2"), train_dataset=TokenData()
+    ).train()
+    checkpoint = str(tmp_path / "a" / "checkpoint-3")
+    model = build("bert")
+    before = snapshot(model)
+    args = _resume_args(tmp_path, "b", freeze_layers=":3")
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData())
+    with pytest.raises(PlanMismatchError, match=r"freeze_layers: saved ':2', now ':3'.*bert\.encoder\.layer\.2"):
+        trainer.train(resume_from_checkpoint=checkpoint)
+    assert trainer.state.global_step == 0 and not changed(before, model)
+    plain = FreezingTrainer(model=build("bert"), args=_resume_args(tmp_path, "c"), train_dataset=TokenData())
+    with pytest.raises(PlanMismatchError, match="freezes nothing"):
+        plain.train(resume_from_checkpoint=checkpoint)
+
+
+def test_resume_a_plain_checkpoint_with_freezing_errors(tmp_path):
+    plain = args_for(tmp_path, TrainingArguments, name="plain", max_steps=3, save_strategy="steps", save_steps=3)
+    Trainer(model=build("bert"), args=plain, train_dataset=TokenData()).train()
+    args = _resume_args(tmp_path, "f", freeze_layers=1)
+    trainer = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData())
+    with pytest.raises(PlanMismatchError, match="no freeze_plan.json"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "plain" / "checkpoint-3"))
+
+
+# ---------------------------------------------------------------- BatchNorm, PEFT
+
+
+def test_resnet_frozen_backbone_keeps_running_stats(tmp_path):
+    model = build("resnet")
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    before = snapshot(model)
+    args = args_for(tmp_path, freeze=["resnet"], max_steps=3, per_device_train_batch_size=4)
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=ImageData())
+    trainer.train()
+    assert trainer.freeze_plan.frozen_norms
+    for name, value in model.named_buffers():
+        assert torch.equal(buffers[name], value), name
+    assert changed(before, model) == {"classifier.1.weight", "classifier.1.bias"}
+
+
+def test_resnet_running_stats_move_without_freeze_norm_stats(tmp_path):
+    model = build("resnet")
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers() if "running_mean" in n}
+    args = args_for(tmp_path, freeze=["resnet"], freeze_norm_stats=False, max_steps=1)
+    FreezingTrainer(model=model, args=args, train_dataset=ImageData()).train()
+    assert any(not torch.equal(buffers[n], b) for n, b in model.named_buffers() if n in buffers)
+
+
+def test_peft_lora_rules_refine_the_adapter(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(
+        build("bert"), peft.LoraConfig(r=2, target_modules=["query", "value"], modules_to_save=["classifier"])
+    )
+    before = snapshot(model)
+    args = args_for(tmp_path, freeze=[r"layer\.0"], max_steps=2)
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData())
+    trainer.train()
+    plan = trainer.freeze_plan
+    lora_0 = [n for n in plan.frozen_names if "layer.0" in n and "lora_" in n]
+    lora_1 = [n for n in plan.trainable_names if "layer.1" in n and "lora_" in n]
+    assert lora_0 and lora_1
+    assert not any("lora_" not in n and "classifier" not in n for n in plan.trainable_names)
+    moved = changed(before, model)
+    assert not (moved & set(plan.frozen_names))
+    assert any("layer.1" in n and "lora_B" in n for n in moved)
+    trainer.save_model()
+    assert FreezePlan.load(tmp_path / "run").plan_hash == plan.plan_hash
+
+
+# ---------------------------------------------------------------- backend checks
+
+
+def test_fsdp1_without_use_orig_params_refuses_mixed_units():
+    model = build("bert")
+    FreezeSpec(freeze_embeddings=True, freeze_layers=":2", freeze=[r"layer\.2\.output"]).resolve(model).apply(model)
+    plugin = SimpleNamespace(fsdp_version=1, use_orig_params=False, transformer_cls_names_to_wrap=["BertLayer"])
+    assert backend.mixed_fsdp_units(model, {"BertLayer"}) == ["<root>", "bert.encoder.layer.2"]
+    with pytest.raises(InvalidOptionError, match="use_orig_params"):
+        backend.check_fsdp(model, plugin)
+    backend.check_fsdp(model, SimpleNamespace(fsdp_version=1, use_orig_params=True))
+    backend.check_fsdp(model, SimpleNamespace(fsdp_version=2, use_orig_params=False))
+    whole_layers = build("bert")
+    FreezeSpec(freeze_layers=":2").resolve(whole_layers).apply(whole_layers)
+    backend.check_fsdp(whole_layers, plugin)  # every unit is all frozen or all trainable
+
+
+def test_find_unused_parameters_from_the_plan(tmp_path):
+    model = build("bert")
+    plan = FreezeSpec(freeze_layers=":2").resolve(model)
+    assert backend.find_unused_from_plan(model, plan, checkpointing=False)  # the pooler is outside the stack
+    plan = FreezeSpec(freeze_layers=":2", freeze=["pooler"]).resolve(model)
+    assert not backend.find_unused_from_plan(model, plan, checkpointing=False)
+    assert not backend.find_unused_from_plan(model, FreezeSpec(freeze=["pooler"]).resolve(model), checkpointing=True)
+    mixtral = build("mixtral")
+    assert backend.find_unused_from_plan(mixtral, FreezeSpec(freeze_layers=1).resolve(mixtral), False)
+    trainer = FreezingTrainer(
+        model=build("bert"), args=args_for(tmp_path, freeze=["pooler"], freeze_layers=1), train_dataset=TokenData()
+    )
+    handler = trainer.accelerator.ddp_handler
+    assert handler is not None and handler.find_unused_parameters is False
+    args = args_for(tmp_path, freeze=["pooler"], ddp_find_unused_parameters=True)
+    user = FreezingTrainer(model=build("bert"), args=args)
+    assert user.accelerator.ddp_handler.find_unused_parameters is True
+
+
+def test_unfreeze_strategy_refused_before_training(tmp_path):
+    model = build("bert")
+    before = snapshot(model)
+    args = args_for(tmp_path, freeze_layers=":3", unfreeze_strategy="steps", unfreeze_steps=2)
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData())
+    with pytest.raises(InvalidOptionError, match="unfreeze_strategy"):
+        trainer.train()
+    assert not changed(before, model)

@@ -1,0 +1,158 @@
+"""Turn raw measurements into the figures, the target checks, a Markdown table and a chart.
+
+Step times are compared as paired ratios: in every round a case's step is divided by its reference's
+step of the same round (they ran seconds apart), and the median of those ratios is reported. Drift
+of the machine over the run then cancels instead of landing on whichever case ran during it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from .cases import CASE_IDS, DEPTH_BY_NAME, DEPTHS, KIND_LABELS, case_label, reference_of
+
+MIB = 1024 * 1024
+STEP_TOLERANCE = 0.02  # FreezingTrainer may be at most 2% slower than the hand-frozen Trainer
+ADAM_BYTES_PER_PARAM = 8  # exp_avg + exp_avg_sq in float32
+GRAD_BYTES_PER_PARAM = 4
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def summarize(times: dict[str, list[float]], warmup: int) -> dict[str, dict[str, Any]]:
+    """Per case: median step time and the median of per-round ratios to its depth's reference."""
+    rows: dict[str, dict[str, Any]] = {}
+    for case_id, case_times in times.items():
+        timed = case_times[warmup:]
+        row: dict[str, Any] = {"step_times_s": case_times, "median_step_s": statistics.median(timed)}
+        reference = reference_of(case_id)
+        if reference in times:
+            ratios = [t / r for t, r in zip(timed, times[reference][warmup:])]
+            row["reference"] = reference
+            row["ratio_to_reference"] = statistics.median(ratios)
+            row["ratio_quartiles"] = _quartiles(ratios)
+        rows[case_id] = row
+    return rows
+
+
+def check_targets(cases: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with whether it holds and the figures behind the verdict."""
+    targets: list[dict[str, Any]] = []
+    for depth in DEPTHS:
+        ours, ref = cases.get(f"{depth.name}/freezing"), cases.get(f"{depth.name}/trainer")
+        if not ours or not ref:
+            continue
+        if "ratio_to_reference" in ours:
+            ratio = ours["ratio_to_reference"]
+            targets.append({
+                "target": "step time within 2% of hand-frozen Trainer", "depth": depth.name,
+                "holds": ratio <= 1 + STEP_TOLERANCE,
+                "detail": f"median paired ratio {ratio:.3f} (quartiles {ours['ratio_quartiles'][0]:.3f}"
+                          f"-{ours['ratio_quartiles'][1]:.3f})",
+            })
+        if "losses" in ours and "losses" in ref:
+            same = ours["losses"] == ref["losses"]
+            targets.append({
+                "target": "identical losses", "depth": depth.name, "holds": same,
+                "detail": f"{len(ours['losses'])} steps, bitwise equal" if same else
+                          f"first losses {ours['losses'][:3]} vs {ref['losses'][:3]}",
+            })
+        if "peak_rss_bytes" in ours and "peak_rss_bytes" in ref:
+            delta = (ours["peak_rss_bytes"] - ref["peak_rss_bytes"]) / MIB
+            targets.append({
+                "target": "peak memory at or below hand-frozen Trainer", "depth": depth.name,
+                "holds": delta <= 0,
+                "detail": f"{ours['peak_rss_bytes'] / MIB:.1f} MiB vs {ref['peak_rss_bytes'] / MIB:.1f} MiB "
+                          f"({delta:+.1f} MiB)",
+            })
+    for case_id, row in cases.items():
+        trainable = row.get("trainable_params")
+        if not trainable or "optimizer_state_bytes" not in row or case_id.endswith("/forward"):
+            continue
+        state = row["optimizer_state_bytes"]
+        targets.append({
+            "target": "optimizer state = 8 B per trainable parameter", "depth": case_id,
+            "holds": state["per_parameter"] == ADAM_BYTES_PER_PARAM * trainable,
+            "detail": f"{state['per_parameter']:,} B in moment buffers for {trainable:,} params "
+                      f"(+{state['other']:,} B of per-tensor step counters)",
+        })
+        targets.append({
+            "target": "gradients = 4 B per trainable parameter", "depth": case_id,
+            "holds": row["grad_bytes"] == GRAD_BYTES_PER_PARAM * trainable,
+            "detail": f"{row['grad_bytes']:,} B for {trainable:,} params",
+        })
+    return targets
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:,.1f}"
+
+
+def markdown_table(cases: dict[str, dict[str, Any]]) -> str:
+    """The README table: one row per case, grouped by depth."""
+    lines = [
+        "| trains | case | median step (s) | vs hand-frozen | peak RSS (MiB) | optimizer state (MiB) "
+        "| gradients (MiB) | trainable params |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case_id in CASE_IDS:
+        row = cases.get(case_id)
+        if row is None:
+            continue
+        depth = DEPTH_BY_NAME[case_id.split("/")[0]]
+        step = f"{row['median_step_s']:.3f}" if "median_step_s" in row else "-"
+        ratio = f"{row['ratio_to_reference']:.3f}" if "ratio_to_reference" in row else "-"
+        state = row.get("optimizer_state_bytes", {}).get("total")
+        trainable = row.get("trainable_params")
+        lines.append(
+            f"| {depth.label} | {case_label(case_id)} | {step} | {ratio} | {_mib(row.get('peak_rss_bytes'))} "
+            f"| {_mib(state)} | {_mib(row.get('grad_bytes'))} | {'-' if trainable is None else f'{trainable:,}'} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_markdown(targets: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"- {'holds' if t['holds'] else '**does not hold**'}: {t['target']} ({t['depth']}): {t['detail']}"
+        for t in targets
+    )
+
+
+def draw_chart(cases: dict[str, dict[str, Any]], path: str, title: str) -> None:
+    """Step time and peak memory per case, grouped by depth (bars absent where a case was not run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(KIND_LABELS)
+    colors = {"trainer": "#7f7f7f", "freezing": "#1f77b4", "lora": "#ff7f0e", "forward": "#2ca02c"}
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(kinds)
+    for axis, key, scale, ylabel in (
+        (axes[0], "median_step_s", 1.0, "median step time (s)"),
+        (axes[1], "peak_rss_bytes", 1 / MIB, "peak resident memory (MiB)"),
+    ):
+        for k, kind in enumerate(kinds):
+            xs, heights = [], []
+            for d, depth in enumerate(DEPTHS):
+                row = cases.get(f"{depth.name}/{kind}")
+                if row is not None and key in row:
+                    xs.append(d + (k - (len(kinds) - 1) / 2) * width)
+                    heights.append(row[key] * scale)
+            label = "Trainer (hand-frozen / full)" if kind == "trainer" else KIND_LABELS[kind]
+            axis.bar(xs, heights, width, label=label, color=colors[kind])
+        axis.set_xticks(range(len(DEPTHS)), [d.label for d in DEPTHS], fontsize=8)
+        axis.set_ylabel(ylabel)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper right")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

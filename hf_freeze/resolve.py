@@ -91,14 +91,14 @@ def _frozen_layers(spec: FreezeSpec, structure: ModelStructure, model: nn.Module
 def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
     structure = discover(model, _select_stacks(spec, model))
     frozen_layers = _frozen_layers(spec, structure, model)
-    params = dict(model.named_parameters())
+    params = structure.params
     aliases = structure.aliases
 
     state: dict[str, tuple[bool, str]] = {n: (p.requires_grad, RULE_INITIAL) for n, p in params.items()}
     for name in params:
         if spec.freeze_embeddings and name in structure.embedding_names:
             state[name] = (False, RULE_EMBEDDINGS)
-        where = structure.locate(name)
+        where = structure.locations.get(name)
         if where is not None and where[1] in frozen_layers.get(where[0].path, ()):
             state[name] = (False, RULE_LAYERS)
 
@@ -136,7 +136,7 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
 
     decisions = []
     for name, param in params.items():
-        where = structure.locate(name)
+        where = structure.locations.get(name)
         if where is not None:
             group, stack, layer = f"{where[0].path}.{where[1]}", where[0].path, where[1]
         elif name in structure.embedding_names:
@@ -177,5 +177,5 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
         stacks=[
             {"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks
         ],
-        frozen_norms=frozen_norm_modules(model, trainable_map) if spec.freeze_norm_stats else [],
+        frozen_norms=frozen_norm_modules(structure.modules, trainable_map) if spec.freeze_norm_stats else [],
     )

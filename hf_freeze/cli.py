@@ -34,13 +34,21 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _help_texts() -> dict[str, str]:
-    """The freezing options' help, taken from ``FreezingTrainingArguments`` so both say the same."""
-    try:
-        from .arguments import FreezingTrainingArguments
-    except ImportError:
-        return {}
-    return {f.name: f.metadata.get("help", "") for f in fields(FreezingTrainingArguments)}
+# Same meaning as the FreezingTrainingArguments fields (not imported: TrainingArguments costs seconds).
+HELP = {
+    "freeze": "regex patterns of parameters to freeze, matched on whole name segments, e.g. "
+    "--freeze embeddings 'encoder.layer.[0-3]'",
+    "unfreeze": "regex patterns of parameters that train whatever the other rules say, e.g. "
+    "--unfreeze 'layer.3.output'",
+    "freeze_embeddings": "freeze the input embedding block (token/position/type embeddings and their norm)",
+    "freeze_layers": "layers of the main stack to freeze: a count from the bottom, a Python-style slice, a "
+    "comma list or 'all', e.g. :8, -2:, 0,3:5 (bounds outside the stack are errors)",
+    "layer_stack": "pattern naming the layer stack(s) that --freeze-layers addresses, e.g. encoder.layer "
+    "(default: the main stack(s) found automatically)",
+    "train_head": "keep the task head trainable whatever the other rules say",
+    "freeze_norm_stats": "frozen normalization layers (BatchNorm etc.) keep their running statistics fixed",
+    "freeze_strict": "a pattern that matches no parameter is an error (false: a warning)",
+}
 
 
 def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
@@ -49,12 +57,11 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
     Defaults are suppressed, so only the flags given on the command line override the ``--config`` YAML.
     """
     group = parser.add_argument_group("freezing options (the same as FreezingTrainingArguments)")
-    helps = _help_texts()
     for spec_field in fields(FreezeSpec):
         name = spec_field.name
         dashed, underscored = f"--{name.replace('_', '-')}", f"--{name}"
         flags = [dashed] if dashed == underscored else [dashed, underscored]
-        help_text = helps.get(name, "").replace("%", "%%")
+        help_text = HELP.get(name, "see FreezeSpec").replace("%", "%%")
         default = spec_field.default if spec_field.default is not MISSING else spec_field.default_factory()
         if isinstance(default, list):
             group.add_argument(

@@ -311,6 +311,22 @@ def test_yaml_errors(model_dirs, capsys, tmp_path):
     assert code == 2 and "cannot be read" in err
 
 
+def test_training_argument_keys_are_not_taken_for_typos(tmp_path):
+    """Every FreezingTrainingArguments field may sit in a recipe YAML without being taken for a typo."""
+    from dataclasses import fields
+
+    from hf_freeze.arguments import FreezingTrainingArguments
+    from hf_freeze.inspect import read_recipe
+
+    keys = {
+        f.name: None
+        for f in fields(FreezingTrainingArguments)
+        if f.name not in FreezeSpec.__dataclass_fields__
+    }
+    model, options = read_recipe(_recipe(tmp_path, {**keys, "model_name_or_path": "m", "freeze_layers": 2}))
+    assert model == "m" and options == {"freeze_layers": 2}
+
+
 def test_strict_off_warns_and_succeeds(model_dirs, capsys):
     code, out, err = run_cli(
         ["inspect", model_dirs["bert"], "--freeze", "nonexistent", "--freeze-strict", "false"], capsys

@@ -45,7 +45,7 @@ DEFAULTS = {
     "freeze_embeddings": True,
     "freeze_layers": ":-2",
     "learning_rate": 2e-3,
-    "num_train_epochs": 4,
+    "num_train_epochs": 3,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 16,
     "eval_strategy": "epoch",

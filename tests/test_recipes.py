@@ -347,7 +347,8 @@ def test_accelerate_config_loads_and_documents_its_launch(name):
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     assert text.startswith("# When:"), "each config opens with when to use it"
-    launch = [line for line in text.splitlines() if f"accelerate launch --config_file accelerate_configs/{name}.yaml" in line]
+    command = f"accelerate launch --config_file accelerate_configs/{name}.yaml"
+    launch = [line for line in text.splitlines() if command in line]
     assert launch and "recipes/" in launch[0], "the header names the one command that launches a recipe with it"
     fsdp = config.fsdp_config or {}
     if fsdp:

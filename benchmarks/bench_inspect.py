@@ -3,7 +3,8 @@
 The config is Llama-3-70B's shape (80 layers, hidden size 8192, 64 heads, 8 KV heads, vocabulary
 128256), written to a temporary folder; no weights exist anywhere. Each run is a fresh process, as
 a user would start it, so the figures include Python, torch and transformers imports. A second
-process that only imports the same modules gives the floor the command cannot go below.
+process that only imports the same modules (hf_freeze, torch, transformers' Llama) gives the floor
+the command cannot go below; the difference is the meta-device build, the plan and the output.
 
 Usage:
     .venv/bin/python benchmarks/bench_inspect.py                 # 3 runs, prints a Markdown table
@@ -84,7 +85,11 @@ def main() -> None:
         command = [sys.executable, "-m", "hf_freeze.cli", "inspect", model_dir, *ARGS]
         if args.plot:
             command += ["--plot", os.path.join(folder, "freeze_map.png")]
-        imports = [sys.executable, "-c", "import torch, transformers, hf_freeze.cli, hf_freeze.inspect"]
+        imports = [
+            sys.executable,
+            "-c",
+            "import hf_freeze.cli, hf_freeze.inspect; from transformers import LlamaForCausalLM",
+        ]
 
         runs, floors, output = [], [], ""
         for _ in range(args.repeats):

@@ -270,10 +270,12 @@ def _inspect(
 
 
 def model_display_name(model: str | PretrainedConfig) -> str:
-    """A short name for titles: the Hub id, the folder name, or the config's ``_name_or_path``."""
+    """A short name for titles: the Hub id, ``parent/folder`` of a local model, or the config's name."""
     if not isinstance(model, str):
         return getattr(model, "_name_or_path", "") or type(model).__name__.replace("Config", "")
     path = os.path.expanduser(model)
-    if os.path.isfile(path):
-        path = os.path.dirname(os.path.abspath(path))
-    return os.path.basename(os.path.abspath(path)) if os.path.exists(path) else model
+    if not os.path.exists(path):
+        return model  # a Hub id
+    folder = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    parent, name = os.path.split(folder)
+    return f"{os.path.basename(parent)}/{name}" if os.path.basename(parent) else name

@@ -336,6 +336,20 @@ def test_strict_off_warns_and_succeeds(model_dirs, capsys):
     assert "hf-freeze: WARNING:" in err and "matched no parameter" in err
 
 
+@pytest.mark.slow
+def test_meta_plan_equals_real_plan_across_architectures():
+    """The meta-device model yields the same plan (names, shapes, groups, rules) as the real one."""
+    from tiny_models import BUILDERS, build
+
+    for name in BUILDERS:
+        model = build(name)
+        model.config.architectures = [type(model).__name__]
+        layers = "all" if name == "albert" else ":1"  # ALBERT's layers share parameters in pairs
+        for options in (dict(freeze_layers=layers), dict(freeze_embeddings=True, train_head=False)):
+            plan = inspect_model(model.config, **options)
+            assert plan.to_dict() == FreezeSpec(**options).resolve(model).to_dict(), (name, options)
+
+
 def llama_70b_config() -> tf.LlamaConfig:
     return tf.LlamaConfig(
         hidden_size=8192,

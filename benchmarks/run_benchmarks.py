@@ -54,8 +54,16 @@ class BenchmarkArguments:
     seed: int = field(default=42, metadata={"help": "Seed of the model head, LoRA and the data."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of every training case."})
     warmup_steps: int = field(default=3, metadata={"help": "Untimed steps per case before timing starts."})
-    timed_steps: int = field(default=20, metadata={"help": "Timed steps (rounds) per case, e.g. `--timed_steps 20`."})
+    timed_steps: int = field(default=30, metadata={"help": "Timed steps (rounds) per case, e.g. `--timed_steps 30`."})
     memory_steps: int = field(default=3, metadata={"help": "Steps each case runs alone for its memory figures."})
+    memory_jobs: int = field(
+        default=2, metadata={"help": "Memory processes run at once (resident memory does not depend on CPU load)."}
+    )
+    malloc_mmap_threshold: int = field(
+        default=131072,
+        metadata={"help": "MALLOC_MMAP_THRESHOLD_ of the memory processes: a fixed glibc threshold makes peak RSS "
+                  "reproducible to ~1 MiB (the default, dynamic one varies it by tens of MiB); 0 leaves glibc's."},
+    )
     threads: int = field(default=0, metadata={"help": "torch threads per case; 0 keeps torch's default."})
     cases: list[str] = field(
         default_factory=lambda: list(CASE_IDS),
@@ -140,8 +148,22 @@ def time_cases(args: BenchmarkArguments, case_ids: list[str]) -> dict[str, dict[
     return rows
 
 
+def measure_memory(args: BenchmarkArguments, case_ids: list[str]) -> dict[str, dict[str, object]]:
+    """Each case alone in a fresh process, ``memory_jobs`` processes at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    script, flags = os.path.abspath(__file__), args.worker_flags()
+    env = {"MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)} if args.malloc_mmap_threshold else {}
+    logger.info("Memory: %d cases, each alone in a fresh process, %d at a time...", len(case_ids), args.memory_jobs)
+    with ThreadPoolExecutor(max_workers=max(1, args.memory_jobs)) as pool:
+        futures = {c: pool.submit(run_in_subprocess, c, script, flags, env) for c in case_ids}
+        return {c: future.result() for c, future in futures.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    logging.getLogger("hf_freeze").setLevel(logging.WARNING)  # the plan tables of ten trainers are noise here
     (args,) = transformers.HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -162,10 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             cases[case_id].update(row)
         meta["timing_s"] = round(time.perf_counter() - started, 1)
     if not args.skip_memory:
-        script = os.path.abspath(__file__)
-        for case_id in case_ids:
-            logger.info("Memory of %s, alone in a fresh process...", case_id)
-            alone = run_in_subprocess(case_id, script, args.worker_flags())
+        for case_id, alone in measure_memory(args, case_ids).items():
             alone["losses_alone"] = alone.pop("losses")
             cases[case_id].update(alone)
     meta["total_s"] = round(time.perf_counter() - started, 1)

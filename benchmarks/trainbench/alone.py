@@ -83,10 +83,12 @@ def measure_alone(case_id: str, settings: BenchSettings) -> dict[str, Any]:
     return result
 
 
-def run_in_subprocess(case_id: str, script: str, flags: list[str], timeout_s: float = 600) -> dict[str, Any]:
+def run_in_subprocess(
+    case_id: str, script: str, flags: list[str], env: dict[str, str] | None = None, timeout_s: float = 600
+) -> dict[str, Any]:
     """Measure ``case_id`` alone in a child process running ``script --worker_case CASE *flags``."""
     command = [sys.executable, script, "--worker_case", case_id, *flags]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1", **(env or {}))
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):

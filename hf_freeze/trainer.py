@@ -8,8 +8,9 @@ Choices that keep it a drop-in replacement (``transformers``' own Trainer tests 
 
 - With no freezing option (or a plain ``TrainingArguments``) the model is not touched: no
   ``requires_grad`` change, no norm-statistics hook, the optimizer groups are ``Trainer``'s.
-- ``freeze_plan.json`` is written (checkpoints and final model) only when a freezing option is set
-  or the model arrived with frozen parameters (a PEFT model), so plain runs add no file.
+- ``freeze_plan.json`` is written (checkpoints and final model), checked on resume and added to the
+  model card only when a freezing option is set, so plain runs add no file. A model that arrives with
+  frozen parameters (a PEFT model) still gets ``trainer.freeze_plan``, for reporting only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import backend, optim
-from .errors import FreezeError, InvalidOptionError, PlanMismatchError
+from .errors import InvalidOptionError, PlanMismatchError
 from .plan import PLAN_FILE, FreezePlan
 from .spec import FreezeSpec
 
@@ -74,7 +75,7 @@ class FreezingTrainer(Trainer):
         elif any(not p.requires_grad for p in model.parameters()):
             try:  # report-only: the plan mirrors requires_grad and is never applied
                 plan = FreezeSpec(freeze_norm_stats=False).resolve(model)
-            except FreezeError as err:
+            except Exception as err:  # noqa: BLE001 - reporting must never break a plain Trainer run
                 logger.debug(f"No freeze plan recorded for {type(model).__name__}: {err}")
                 plan = None
         else:
@@ -97,7 +98,7 @@ class FreezingTrainer(Trainer):
         return model
 
     def _writes_plan(self) -> bool:
-        return self.freeze_plan is not None and (self.freezing_active or bool(self.freeze_plan.frozen_names))
+        return self.freeze_plan is not None and self.freezing_active
 
     # ------------------------------------------------------------------ accelerator / backend
     def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
@@ -143,11 +144,16 @@ class FreezingTrainer(Trainer):
             hooked = backend.make_checkpointed_layers_trainable(self.model, plan)
             logger.debug(f"Inputs of {hooked} require grad under activation checkpointing.")
 
-    def _inner_training_loop(self, *args: Any, **kwargs: Any):
-        if self.model_init is not None and kwargs.get("resume_from_checkpoint") is not None:
-            self._check_checkpoint_plan(kwargs["resume_from_checkpoint"])
+    def _inner_training_loop(
+        self, batch_size=None, args=None, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None
+    ):
+        if self.model_init is not None and resume_from_checkpoint is not None:
+            self._check_checkpoint_plan(resume_from_checkpoint)  # the model (and plan) came from model_init
         self._preflight()
-        return super()._inner_training_loop(*args, **kwargs)
+        return super()._inner_training_loop(
+            batch_size=batch_size, args=args, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+        )
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None):
@@ -184,7 +190,18 @@ class FreezingTrainer(Trainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _check_checkpoint_plan(self, checkpoint: str) -> None:
-        """The checkpoint's ``freeze_plan.json`` must describe this model and these options."""
+        """The checkpoint's ``freeze_plan.json`` must describe this model and these options.
+
+        Without a freezing option a mismatch is only a warning: the run must behave as ``Trainer``.
+        """
+        try:
+            self._compare_checkpoint_plan(checkpoint)
+        except PlanMismatchError as err:
+            if self.freezing_active:
+                raise
+            logger.warning(str(err))
+
+    def _compare_checkpoint_plan(self, checkpoint: str) -> None:
         current = self.freeze_plan if self._writes_plan() else None
         path = os.path.join(checkpoint, PLAN_FILE)
         if not os.path.isfile(path):

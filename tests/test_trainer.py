@@ -152,6 +152,18 @@ def test_same_losses_as_trainer_on_a_model_frozen_by_hand(tmp_path):
     assert losses(trainer) == losses(reference)
     theirs = dict(manual.named_parameters())
     assert all(torch.equal(p, theirs[n]) for n, p in model.named_parameters())
+    # no option + a model frozen by hand: Trainer's behaviour, the plan only reports (and no file is added)
+    by_hand = build("bert")
+    for name, param in by_hand.named_parameters():
+        param.requires_grad_(name in set(trainer.freeze_plan.trainable_names))
+    plain = FreezingTrainer(
+        model=by_hand, args=args_for(tmp_path, name="plain", save_strategy="steps", save_steps=STEPS),
+        train_dataset=TokenData(),
+    )
+    plain.train()
+    assert losses(plain) == losses(reference)
+    assert set(plain.freeze_plan.frozen_names) == set(trainer.freeze_plan.frozen_names)
+    assert PLAN_FILE not in os.listdir(tmp_path / "plain" / f"checkpoint-{STEPS}")
 
 
 def test_layer_lr_decay_groups(tmp_path):
@@ -326,7 +338,7 @@ def test_resume_matches_the_uninterrupted_run_bitwise(tmp_path):
     assert all(torch.equal(p, full[n]) for n, p in resumed_model.named_parameters())
 
 
-def test_resume_with_another_plan_errors_before_any_step(tmp_path):
+def test_resume_with_another_plan_errors_before_any_step(tmp_path, caplog):
     FreezingTrainer(
         model=build("bert"), args=_resume_args(tmp_path, "a", freeze_layers=":2"), train_dataset=TokenData()
     ).train()
@@ -338,9 +350,11 @@ def test_resume_with_another_plan_errors_before_any_step(tmp_path):
     with pytest.raises(PlanMismatchError, match=r"freeze_layers: saved ':2', now ':3'.*bert\.encoder\.layer\.2"):
         trainer.train(resume_from_checkpoint=checkpoint)
     assert trainer.state.global_step == 0 and not changed(before, model)
+    # without freezing options the trainer is Trainer: a mismatch is only a warning
     plain = FreezingTrainer(model=build("bert"), args=_resume_args(tmp_path, "c"), train_dataset=TokenData())
-    with pytest.raises(PlanMismatchError, match="freezes nothing"):
-        plain.train(resume_from_checkpoint=checkpoint)
+    with caplog.at_level(logging.WARNING, logger="hf_freeze"):
+        plain._check_checkpoint_plan(checkpoint)
+    assert "freezes nothing" in caplog.text
 
 
 def test_resume_a_plain_checkpoint_with_freezing_errors(tmp_path):

@@ -94,13 +94,21 @@ def load_model_config(model: str) -> PretrainedConfig:
         )
     offline = not local and _offline()
     try:
-        return AutoConfig.from_pretrained(path if local else model, local_files_only=offline)
+        # trust_remote_code=False: never run a model's own code, and never prompt for it.
+        return AutoConfig.from_pretrained(
+            path if local else model, local_files_only=offline, trust_remote_code=False
+        )
     except (OSError, ValueError, KeyError) as err:
         if offline:
             raise ModelLoadError(
                 f"MODEL {model!r} is not a local folder or config.json, and offline mode (HF_HUB_OFFLINE=1) "
                 "forbids fetching its config from the Hub (it is not in the local cache either). Unset "
                 "HF_HUB_OFFLINE, or pass a local folder holding config.json."
+            ) from None
+        if "custom code" in str(err) or "trust_remote_code" in str(err):
+            raise ModelLoadError(
+                f"MODEL {model!r} needs its own code (trust_remote_code), which hf-freeze inspect does not "
+                "run. Inspect a model whose architecture ships with transformers."
             ) from None
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = "read the config file" if local else "fetch its config from the Hub"

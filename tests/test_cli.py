@@ -272,12 +272,16 @@ ERRORS = [
     ("gpt2", ["--freeze-embeddings"], 2, "one tied tensor"),
     ("./no/such/model", [], 2, "no such file or folder"),
     ("EMPTY_DIR", [], 2, "folder without config.json"),
+    ("CUSTOM_CODE", [], 2, "needs its own code (trust_remote_code)"),
 ]
 
 
 @pytest.mark.parametrize("model,args,code,words", ERRORS, ids=[" ".join(e[1]) or e[0] for e in ERRORS])
 def test_errors_are_one_line_with_exit_code(model_dirs, capsys, tmp_path, model, args, code, words):
-    model = model_dirs.get(model, str(tmp_path) if model == "EMPTY_DIR" else model)
+    if model == "CUSTOM_CODE":
+        config = {"model_type": "my_model", "auto_map": {"AutoConfig": "configuration_my.MyConfig"}}
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    model = model_dirs.get(model, str(tmp_path) if model in ("EMPTY_DIR", "CUSTOM_CODE") else model)
     got, out, err = run_cli(["inspect", model, *args], capsys)
     assert got == code
     assert out == ""

@@ -12,8 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -199,7 +197,7 @@ def test_text_classification_default_from_flags(tmp_path):
 
 
 @pytest.mark.slow
-def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model, sentiment_csv):
+def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model, sentiment_csv, capsys):
     train, dev = sentiment_csv
     out = str(tmp_path / "out")
     config = tmp_path / "run.yaml"
@@ -210,6 +208,8 @@ def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model,
         "save_strategy": "no", "report_to": "none",
     }))
     load_recipe("text_classification").main(["--config", str(config), "--max_steps", "2", "--disable_tqdm", "true"])
+    summary = capsys.readouterr().out.split("== hf-freeze text_classification: done ==")[-1]
+    assert "trainable:" in summary and "eval_accuracy:" in summary and os.path.abspath(out) in summary
     plan = assert_run_outputs(out)
     with open(os.path.join(out, "trainer_state.json"), encoding="utf-8") as handle:
         assert json.load(handle)["global_step"] == 2  # the flag overrode the YAML's max_steps
@@ -219,12 +219,15 @@ def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["yaml", "flags"])
-def test_causal_lm_offline_default(tmp_path, how):
+def test_causal_lm_offline_default_from_yaml_and_flags(tmp_path):
     out = str(tmp_path / "out")
-    args = ["--config", os.path.join(ROOT, "recipes", "configs", "causal_lm.yaml")] if how == "yaml" else []
-    metrics = load_recipe("causal_lm").main([*args, "--output_dir", out, "--max_length", "32", *QUICK])
+    config = os.path.join(ROOT, "recipes", "configs", "causal_lm.yaml")
+    metrics = load_recipe("causal_lm").main(
+        ["--config", config, "--output_dir", out, "--max_length", "32", "--max_eval_samples", "8", *QUICK]
+    )
     plan = assert_run_outputs(out)
+    with open(os.path.join(out, "trainer_state.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["global_step"] == 2  # the flag overrode the YAML's epochs
     assert metrics["perplexity"] > 1
     frozen_layers = {p.layer for p in plan.params if p.rule == "freeze_layers"}
     assert frozen_layers == {0, 1}
@@ -233,15 +236,13 @@ def test_causal_lm_offline_default(tmp_path, how):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["yaml", "flags"])
-def test_image_classification_offline_default(tmp_path, how):
+def test_image_classification_offline_default_from_flags(tmp_path):
     """Digits + small ResNet: frozen BatchNorm statistics are bitwise the initial ones after training."""
     from transformers import set_seed
 
     recipe = load_recipe("image_classification")
     out = str(tmp_path / "out")
-    args = ["--config", os.path.join(ROOT, "recipes", "configs", "image_classification.yaml")] if how == "yaml" else []
-    recipe.main([*args, "--output_dir", out, "--max_train_samples", "128", "--max_eval_samples", "64", *QUICK])
+    recipe.main(["--output_dir", out, "--max_train_samples", "128", "--max_eval_samples", "64", *QUICK])
     plan = assert_run_outputs(out, tokenizer=False)
     set_seed(42)
     initial = recipe.ResNetForImageClassification(recipe.small_resnet([str(i) for i in range(10)])).state_dict()
@@ -309,29 +310,14 @@ def test_overwrite_output_dir_and_resume_pass_the_guard(tmp_path):
     ru.check_output_dir(args, data_args)
 
 
-@pytest.mark.slow
-def test_script_prints_summary_and_bad_input_exits_2(tmp_path, tiny_text_model, sentiment_csv):
-    """As a script: the run ends with the summary; a bad input is one `error:` line and exit code 2."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    script = os.path.join(ROOT, "recipes", "text_classification.py")
-    train, dev = sentiment_csv
-    out = str(tmp_path / "out")
-    common = ["--model_name_or_path", tiny_text_model, "--text_column", "review", "--label_column", "sentiment"]
-    done = subprocess.run(
-        [sys.executable, script, *common, "--train_file", train, "--validation_file", dev, "--output_dir", out, *QUICK],
-        capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = done.stdout[done.stdout.index("== hf-freeze text_classification: done =="):]
-    assert "trainable:" in summary and "eval_accuracy:" in summary and os.path.abspath(out) in summary
-    bad = subprocess.run(
-        [sys.executable, script, *common, "--train_file", str(tmp_path / "missing.csv"),
-         "--output_dir", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
-    )
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: `train_file`=")
-    assert not os.path.exists(tmp_path / "x")
+def test_run_turns_bad_input_into_one_error_line_and_exit_code_2(capsys):
+    def main():
+        raise InvalidOptionError("`train_file`='x.csv': no such file.")
+
+    with pytest.raises(SystemExit) as exited:
+        ru.run(main)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: `train_file`='x.csv': no such file."
 
 
 # --------------------------------------------------------------------------- accelerate configs

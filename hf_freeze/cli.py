@@ -210,9 +210,26 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--freeze-layers -2:`` -> ``--freeze-layers=-2:``: argparse takes ``-2:`` for an option otherwise."""
+    out: list[str] = []
+    for arg in argv:
+        if (
+            out
+            and out[-1] in ("--freeze-layers", "--freeze_layers")
+            and arg.startswith("-")
+            and arg[1:2] != "-"
+        ):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hf-freeze`` console script; returns the exit code."""
     parser = make_parser()
+    argv = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)  # usage errors exit 2 here, argparse style
     # Warnings (a pattern without hits under freeze_strict=False) go to stderr for the run only.
     handler = logging.StreamHandler(sys.stderr)

@@ -248,6 +248,17 @@ def test_yaml_equals_flags_and_flags_override(model_dirs, capsys, tmp_path):
     assert plan.decision("classifier.weight").rule == "requires_grad"  # no longer decided by train_head
 
 
+def test_negative_layer_slice_as_separate_argument(model_dirs, capsys):
+    code, separate, err = run_cli(["inspect", model_dirs["bert"], "--freeze-layers", "-2:", "--json"], capsys)
+    assert code == 0, err
+    code, attached, _ = run_cli(["inspect", model_dirs["bert"], "--freeze_layers=-2:", "--json"], capsys)
+    assert separate == attached
+    assert (
+        FreezePlan.from_json(separate).to_dict()
+        == reference_plan(model_dirs["bert"], freeze_layers="-2:").to_dict()
+    )
+
+
 def test_every_freeze_spec_option_has_a_flag(capsys):
     code, out, _ = run_cli(["inspect", "--help"], capsys)
     assert code == 0

@@ -149,6 +149,11 @@ class FreezingTrainingArguments(TrainingArguments):
                 f"`unfreeze_steps`={steps!r} is not valid: use a whole number of steps/epochs >= 1, or a fraction "
                 "of the total steps in (0, 1), e.g. 100 or 0.25."
             )
+        if self.unfreeze_strategy == "epoch" and steps != int(steps):
+            raise InvalidOptionError(
+                f"`unfreeze_steps`={steps!r} is not valid with unfreeze_strategy='epoch': use a whole number of "
+                "epochs >= 1, e.g. 1."
+            )
         layers = self.unfreeze_layers_per_event
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise InvalidOptionError(

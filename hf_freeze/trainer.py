@@ -27,6 +27,7 @@ from . import backend, optim
 from .errors import InvalidOptionError, PlanMismatchError
 from .plan import PLAN_FILE, FreezePlan
 from .spec import FreezeSpec
+from .unfreeze import RULE_UNFREEZE, GradualUnfreezeCallback, advance, unfreeze_events
 
 logger = logging.getLogger("hf_freeze")
 
@@ -44,12 +45,18 @@ class FreezingTrainer(Trainer):
 
     def __init__(self, model: nn.Module | None = None, args: Any = None, *rest: Any, **kwargs: Any) -> None:
         self.freeze_plan: FreezePlan | None = None
+        self._initial_plan: FreezePlan | None = None
+        self._unfreeze_events: list[list[str]] = []
+        self._resume_stage = 0
         self._plan_logged = True
         if model is not None and args is not None:
             self._resolve_freeze_plan(model, args)
         super().__init__(model, args, *rest, **kwargs)
+        self._user_optimizer = self.optimizer is not None or self.lr_scheduler is not None
         if not self._plan_logged:
             self._log_freeze_plan()
+        if self.unfreeze_strategy != "no":
+            self.add_callback(GradualUnfreezeCallback(self))
         if self.optimizer is not None and self.freeze_plan is not None:
             frozen = optim.frozen_in_optimizer(self.optimizer, optim.param_names(self.model))
             if frozen:
@@ -80,7 +87,10 @@ class FreezingTrainer(Trainer):
                 plan = None
         else:
             plan = None
-        self.freeze_plan = plan
+        self.freeze_plan = self._initial_plan = plan
+        self._unfreeze_events = []
+        if plan is not None and getattr(args, "unfreeze_strategy", "no") != "no":
+            self._unfreeze_events = unfreeze_events(plan, args.unfreeze_layers_per_event)
         self._plan_logged = False
         if getattr(self, "accelerator", None) is not None:
             self._log_freeze_plan()
@@ -96,6 +106,10 @@ class FreezingTrainer(Trainer):
         model = super().call_model_init(trial)
         self._resolve_freeze_plan(model, self.args)
         return model
+
+    @property
+    def unfreeze_strategy(self) -> str:
+        return getattr(self.args, "unfreeze_strategy", "no")
 
     def _writes_plan(self) -> bool:
         return self.freeze_plan is not None and self.freezing_active
@@ -124,12 +138,8 @@ class FreezingTrainer(Trainer):
 
     def _preflight(self) -> None:
         """Backend checks and checkpointing hooks, after ``Trainer`` set up checkpointing, before any step."""
-        if getattr(self.args, "unfreeze_strategy", "no") != "no":
-            raise InvalidOptionError(
-                f"`unfreeze_strategy`={self.args.unfreeze_strategy!r}: gradual unfreezing is not implemented in "
-                "this version of FreezingTrainer. Set unfreeze_strategy='no' (train the final trainable set from "
-                "the start) or unfreeze between separate `train()` runs with different `freeze_layers`."
-            )
+        if self.unfreeze_strategy != "no":
+            self._check_unfreezing()
         plan = self.freeze_plan
         if plan is None or not self.freezing_active:
             return
@@ -143,6 +153,96 @@ class FreezingTrainer(Trainer):
             )
             hooked = backend.make_checkpointed_layers_trainable(self.model, plan)
             logger.debug(f"Inputs of {hooked} require grad under activation checkpointing.")
+
+    def _check_unfreezing(self) -> None:
+        """Gradual unfreezing changes the trainable set mid-run: allowed where that is provably safe."""
+        strategy = f"`unfreeze_strategy`={self.unfreeze_strategy!r}"
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or self.args.world_size > 1:
+            name = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else "DDP"
+            raise InvalidOptionError(
+                f"{strategy} is not supported under {name} (world size {self.args.world_size}): a layer unfrozen "
+                "after the model is wrapped is not synchronised across replicas, so they would silently diverge. "
+                "Train on one process, or set unfreeze_strategy='no' and run one `train()` per stage with a "
+                "smaller `freeze_layers`."
+            )
+        if self._user_optimizer:
+            raise InvalidOptionError(
+                f"{strategy} adds parameter groups to the optimizer and the learning-rate schedule FreezingTrainer "
+                "builds; it cannot extend an optimizer/scheduler passed through `optimizers=`. Drop `optimizers=` "
+                "or set unfreeze_strategy='no'."
+            )
+        if self.args.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy"):
+            raise InvalidOptionError(
+                f"{strategy} needs a step-based learning-rate schedule, not `lr_scheduler_type`="
+                f"{self.args.lr_scheduler_type!r}. Use e.g. 'linear' or 'constant', or unfreeze_strategy='no'."
+            )
+        if not self._unfreeze_events:
+            raise InvalidOptionError(
+                f"{strategy}: nothing to unfreeze. Gradual unfreezing brings back layers frozen by "
+                "`freeze_layers` (top-down) and then `freeze_embeddings`; set one of them."
+            )
+
+    def unfreeze_next(self) -> list[str]:
+        """Unfreeze the next event's parameters, add them to the optimizer and the LR schedule; returns their names.
+
+        Called by :class:`~hf_freeze.unfreeze.GradualUnfreezeCallback`; a no-op once everything is unfrozen.
+        """
+        stage = self.freeze_plan.stage
+        if stage >= len(self._unfreeze_events):
+            return []
+        names = self._unfreeze_events[stage]
+        self.freeze_plan = self.freeze_plan.with_trainable(names, RULE_UNFREEZE)
+        self.freeze_plan.apply(self.model)
+        groups = self._param_groups_for(names)
+        for group in groups:
+            self.optimizer.add_param_group(group)
+        self._extend_scheduler(groups)
+        if self._checkpointing_on(self.model):
+            backend.make_checkpointed_layers_trainable(self.model, self.freeze_plan)
+        if self.accelerator.is_main_process:
+            logger.info(
+                f"Unfreezing stage {self.freeze_plan.stage}/{len(self._unfreeze_events)}: "
+                f"{[g['name'] for g in groups]}; {self.freeze_plan.summary()}"
+            )
+        return names
+
+    def _param_groups_for(self, names: list[str]) -> list[dict[str, Any]]:
+        """New optimizer groups for ``names``: Trainer's weight-decay split, lr scaled by ``layer_lr_decay``."""
+        params = dict(self.model.named_parameters())
+        decay_names = set(self.get_decay_parameter_names(self.model))
+        decay = getattr(self.args, "layer_lr_decay", 1.0)
+        scales = optim.layer_scales(self.freeze_plan, decay) if decay != 1.0 else {}
+        grouped: dict[tuple[str, str], list[nn.Parameter]] = {}
+        for name in names:
+            label = "decay" if name in decay_names else "no_decay"
+            grouped.setdefault((self.freeze_plan.decision(name).group, label), []).append(params[name])
+        return [
+            {
+                "params": members,
+                "weight_decay": self.args.weight_decay if label == "decay" else 0.0,
+                "lr": self.args.learning_rate * scales.get(group, 1.0),
+                "name": f"{group}/{label}",
+            }
+            for (group, label), members in grouped.items()
+        ]
+
+    def _extend_scheduler(self, groups: list[dict[str, Any]]) -> None:
+        """Let a ``LambdaLR`` schedule drive the new groups from their own initial lr (None: not built yet)."""
+        scheduler = self.lr_scheduler
+        if scheduler is None:
+            return
+        if not hasattr(scheduler, "lr_lambdas"):
+            raise InvalidOptionError(
+                f"`unfreeze_strategy`={self.unfreeze_strategy!r} cannot extend the learning-rate scheduler "
+                f"{type(scheduler).__name__}; use a transformers `lr_scheduler_type` such as 'linear'."
+            )
+        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+        for group in groups:
+            group["initial_lr"] = group["lr"]
+            scheduler.base_lrs.append(group["lr"])
+            scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+            group["lr"] = group["initial_lr"] * factor
+            scheduler._last_lr.append(group["lr"])
 
     def _inner_training_loop(
         self, batch_size=None, args=None, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None
@@ -165,14 +265,17 @@ class FreezingTrainer(Trainer):
         decay = getattr(self.args, "layer_lr_decay", 1.0)
         if optim.is_standard_grouping(optimizer, opt_model, self.get_decay_parameter_names(opt_model)):
             names = optim.regroup(optimizer, optim.param_names(opt_model), self.freeze_plan, decay)
+            for _ in range(self._resume_stage):  # a resumed run rebuilds the groups the events added, in order
+                self.unfreeze_next()
             if self.accelerator.is_main_process:
                 logger.info("Optimizer groups:\n" + optim.describe(optimizer))
             logger.debug(f"Optimizer group names: {names}")
-        elif decay != 1.0:
+        elif decay != 1.0 or self.unfreeze_strategy != "no":
+            option = f"`layer_lr_decay`={decay}" if decay != 1.0 else f"`unfreeze_strategy`={self.unfreeze_strategy!r}"
             raise InvalidOptionError(
-                f"`layer_lr_decay`={decay} needs Trainer's standard parameter groups, but `optim`="
-                f"{self.args.optim!r} (or `optimizer_cls_and_kwargs`) groups parameters its own way. Use "
-                "layer_lr_decay=1.0 with it, or a standard optimizer such as adamw_torch."
+                f"{option} needs Trainer's standard parameter groups, but `optim`={self.args.optim!r} (or "
+                "`optimizer_cls_and_kwargs`) groups parameters its own way. Drop the option with this optimizer, "
+                "or use a standard one such as adamw_torch."
             )
         return optimizer
 
@@ -185,6 +288,10 @@ class FreezingTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        self._resume_stage = 0
+        if self._initial_plan is not None and self.freeze_plan is not self._initial_plan:
+            self.freeze_plan = self._initial_plan  # gradual unfreezing starts again from stage 0
+            self.freeze_plan.apply(self.model)
         if isinstance(resume_from_checkpoint, str) and self.model_init is None:
             self._check_checkpoint_plan(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
@@ -213,6 +320,8 @@ class FreezingTrainer(Trainer):
                 )
             return
         saved = FreezePlan.load(path)
+        if current is not None and saved.stage and self._unfreeze_events:
+            current = advance(current, self._unfreeze_events, saved.stage)
         if current is None:
             if saved.frozen_names:
                 raise PlanMismatchError(
@@ -221,12 +330,13 @@ class FreezingTrainer(Trainer):
                     "options to resume it."
                 )
             return
-        if saved.plan_hash != current.plan_hash:
+        if saved.plan_hash != current.plan_hash or saved.stage != current.stage:
             raise PlanMismatchError(
                 f"The freeze plan saved in {checkpoint!r} does not match this model and options: "
                 + describe_plan_difference(saved, current)
                 + ". Resume with the options the checkpoint was trained with."
             )
+        self._resume_stage = saved.stage
 
     # ------------------------------------------------------------------ model card
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
@@ -267,6 +377,8 @@ def describe_plan_difference(saved: FreezePlan, current: FreezePlan) -> str:
     if flipped:
         examples = ", ".join(f"{n} (saved {'trainable' if saved_flags[n] else 'frozen'})" for n in flipped[:3])
         parts.append(f"{len(flipped)} parameter(s) with another trainable flag, e.g. {examples}")
+    if saved.stage != current.stage:
+        parts.append(f"gradual-unfreezing stage saved {saved.stage}, possible now {current.stage}")
     if not parts:
         parts.append(f"plan hash saved {saved.plan_hash}, now {current.plan_hash} (shapes differ)")
     return "; ".join(parts)

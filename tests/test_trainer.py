@@ -26,6 +26,7 @@ from hf_freeze import (
     backend,
     optim,
 )
+from hf_freeze.unfreeze import unfreeze_events
 
 # Trainer.train() calls gc.collect() (accelerate's free_memory); after the heavy imports that scan costs
 # about a second per run on this machine. Freezing the objects alive now keeps it short.
@@ -447,11 +448,93 @@ def test_find_unused_parameters_from_the_plan(tmp_path):
     assert user.accelerator.ddp_handler.find_unused_parameters is True
 
 
-def test_unfreeze_strategy_refused_before_training(tmp_path):
+# ---------------------------------------------------------------- gradual unfreezing
+
+UNFREEZE = dict(
+    freeze_embeddings=True, freeze_layers="all", unfreeze_strategy="steps", unfreeze_steps=2, max_steps=6,
+    save_strategy="steps", save_steps=3, lr_scheduler_type="linear", layer_lr_decay=0.9,
+)
+
+
+def test_gradual_unfreezing_steps_and_bitwise_resume(tmp_path):
+    model = build("bert")
+    before = snapshot(model)
+    trainer = FreezingTrainer(model=model, args=args_for(tmp_path, name="full", **UNFREEZE), train_dataset=TokenData())
+    trainer.train()
+    # events at steps 2, 4, 6 unfreeze layers 3, 2, 1 (top-down); layer 0 and the embeddings stay frozen
+    assert trainer.freeze_plan.stage == 3
+    moved = changed(before, model)
+    assert any("layer.3." in n for n in moved) and any("layer.2." in n for n in moved)
+    assert not any("layer.1." in n or "layer.0." in n or "embeddings" in n for n in moved)
+    assert model.bert.encoder.layer[1].output.dense.weight.requires_grad
+    assert not model.bert.encoder.layer[0].output.dense.weight.requires_grad
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert groups["bert.encoder.layer.2/decay"]["weight_decay"] == 0.1
+    assert groups["bert.encoder.layer.2/no_decay"]["weight_decay"] == 0.0
+    assert groups["bert.encoder.layer.2/decay"]["initial_lr"] == pytest.approx(1e-2 * 0.9**2)
+    assert all(g["lr"] == pytest.approx(0.0) for g in groups.values())  # the linear schedule drove every group
+    assert FreezePlan.load(tmp_path / "full" / "checkpoint-3").stage == 1
+
+    resumed_model = build("bert")
+    resumed = FreezingTrainer(
+        model=resumed_model, args=args_for(tmp_path, name="full", **UNFREEZE), train_dataset=TokenData()
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert resumed.freeze_plan.stage == 3
+    full = dict(model.named_parameters())
+    assert all(torch.equal(p, full[n]) for n, p in resumed_model.named_parameters())
+
+    without = FreezingTrainer(
+        model=build("bert"), args=args_for(tmp_path, name="no", **{**UNFREEZE, "unfreeze_strategy": "no"}),
+        train_dataset=TokenData(),
+    )
+    with pytest.raises(PlanMismatchError, match="stage saved 1"):
+        without.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+
+
+def test_gradual_unfreezing_by_epoch(tmp_path):
+    model = build("bert")
+    before = snapshot(model)
+    options = dict(freeze_layers=":4", unfreeze_strategy="epoch", unfreeze_steps=1, max_steps=-1, num_train_epochs=2)
+    trainer = FreezingTrainer(model=model, args=args_for(tmp_path, **options), train_dataset=TokenData())
+    trainer.train()
+    assert trainer.freeze_plan.stage == 2  # after epoch 1 (layer 3) and epoch 2 (layer 2)
+    moved = changed(before, model)
+    assert any("layer.3." in n for n in moved) and not any("layer.2." in n for n in moved)
+
+
+def test_unfreezing_events_order():
+    model = build("t5")
+    plan = FreezeSpec(freeze_layers=":2", freeze_embeddings=True, freeze=["final_layer_norm"], train_head=False)
+    plan = plan.resolve(model)
+    events = unfreeze_events(plan, layers_per_event=1)
+    def blocks(event):
+        return {n.split(".block.")[0] + ".block." + n.split(".block.")[1].split(".")[0] for n in event}
+
+    # one block of one stack per layer, top-down by index, stacks in discovery order for equal indexes
+    assert [blocks(e) for e in events[:4]] == [
+        {"encoder.block.1"}, {"decoder.block.1"}, {"encoder.block.0"}, {"decoder.block.0"}
+    ]
+    assert all("final_layer_norm" not in n for e in events for n in e)  # frozen by a pattern: stays frozen
+    assert events[-1] == [n for n in plan.frozen_names if plan.decision(n).rule == "freeze_embeddings"]
+    assert [blocks(e) for e in unfreeze_events(plan, layers_per_event=2)[:2]] == [
+        {"encoder.block.1", "decoder.block.1"}, {"encoder.block.0", "decoder.block.0"}
+    ]
+
+
+def test_unfreezing_refusals(tmp_path):
     model = build("bert")
     before = snapshot(model)
     args = args_for(tmp_path, freeze_layers=":3", unfreeze_strategy="steps", unfreeze_steps=2)
-    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData())
-    with pytest.raises(InvalidOptionError, match="unfreeze_strategy"):
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData(), optimizers=(optimizer, None))
+    with pytest.raises(InvalidOptionError, match="unfreeze_strategy.*optimizers="):
         trainer.train()
     assert not changed(before, model)
+    patterns_only = args_for(tmp_path, freeze=[r"layer\.[01]"], unfreeze_strategy="steps")
+    with pytest.raises(InvalidOptionError, match="nothing to unfreeze"):
+        FreezingTrainer(model=build("bert"), args=patterns_only, train_dataset=TokenData()).train()
+    distributed = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData())
+    distributed.is_deepspeed_enabled = True  # what a DeepSpeed launch sets; the check runs before any step
+    with pytest.raises(InvalidOptionError, match="not supported under DeepSpeed"):
+        distributed._check_unfreezing()

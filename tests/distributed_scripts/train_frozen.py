@@ -109,6 +109,15 @@ def main() -> None:
     frozen_unchanged = all(torch.equal(before[n], after[n]) for n in plan.frozen_names)
     trained_changed = sorted(n for n in plan.trainable_names if not torch.equal(before[n], after[n]))
     checksums = {n: float(v.double().sum()) + float(v.double().abs().sum()) for n, v in after.items()}
+    refused = ""
+    if options.backend == "ddp":  # gradual unfreezing must refuse to run under DDP, before any step
+        args.unfreeze_strategy = "steps"
+        unfreezing = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData())
+        try:
+            unfreezing._check_unfreezing()
+        except ValueError as err:
+            refused = str(err)
+        args.unfreeze_strategy = "no"
     mine = {
         "rank": dist.get_rank(),
         "world_size": trainer.args.world_size,
@@ -121,6 +130,7 @@ def main() -> None:
         "frozen_unchanged": frozen_unchanged,
         "trained_changed": trained_changed,
         "checksums": checksums,
+        "unfreeze_refused": refused,
     }
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)

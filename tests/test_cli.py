@@ -186,6 +186,14 @@ def test_plot_without_matplotlib(model_dirs, capsys, monkeypatch, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_to_unwritable_path_exits_1(model_dirs, capsys, tmp_path):
+    code, _, err = run_cli(
+        ["inspect", model_dirs["bert"], "--plot", str(tmp_path / "no" / "dir" / "x.png")], capsys
+    )
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("hf-freeze: error: ") and "x.png" in lines[0]
+
+
 def _recipe(tmp_path: Path, data: dict) -> str:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -16,10 +16,13 @@ import argparse
 import logging
 import sys
 from dataclasses import MISSING, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import FreezeError
 from .spec import FreezeSpec
+
+if TYPE_CHECKING:
+    from .plan import FreezePlan
 
 PROG = "hf-freeze"
 
@@ -91,9 +94,11 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .inspect import TASKS
 
     parser = argparse.ArgumentParser(prog=PROG, description="Partial fine-tuning of Hugging Face models.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inspect = commands.add_parser(
         "inspect",
@@ -140,7 +145,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parameter_lines(plan) -> list[str]:
+def _parameter_lines(plan: FreezePlan) -> list[str]:
     rows = [("parameter", "shape", "numel", "state", "decided by")]
     for p in plan.params:
         name = p.name + "".join(f" (= {alias})" for alias in p.aliases)
@@ -168,7 +173,7 @@ def _parameter_lines(plan) -> list[str]:
     ]
 
 
-def render_text(plan, model: str, task: str, verbose: bool = False) -> str:
+def render_text(plan: FreezePlan, model: str, task: str, verbose: bool = False) -> str:
     """What ``inspect`` prints: header, summary line, per-group table, pattern hits, ties."""
     stacks = ", ".join(f"{s['path']} ({s['num_layers']} layers)" for s in plan.stacks) or "none found"
     lines = [
@@ -193,10 +198,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from .inspect import _inspect, merge_options, model_display_name
+    from .inspect import merge_options, model_display_name, run_inspection
 
     model, spec = merge_options(args.model, args.config, _options(args))
-    plan, task = _inspect(model, spec, args.task, args.num_labels, args.plot)
+    plan, task = run_inspection(model, spec, args.task, args.num_labels, args.plot)
     if args.json:
         print(plan.to_json())
     else:

@@ -241,7 +241,7 @@ def inspect_model(
     Raises the same errors as training would (``PatternNotFoundError``, ``LayerRangeError``, ...).
     """
     model, spec = merge_options(model, config, freeze_options)
-    return _inspect(model, spec, task, num_labels, plot)[0]
+    return run_inspection(model, spec, task, num_labels, plot)[0]
 
 
 def merge_options(
@@ -261,14 +261,17 @@ def merge_options(
     return model, FreezeSpec.from_dict(options)
 
 
-def _inspect(
+def run_inspection(
     model: str | PretrainedConfig,
     spec: FreezeSpec,
     task: str | None,
     num_labels: int | None,
     plot: str | os.PathLike | None,
 ) -> tuple[FreezePlan, str]:
-    """The shared path of :func:`inspect_model` and the CLI: (plan, task used)."""
+    """Build ``model`` on the meta device for ``task``, resolve ``spec``, draw ``plot``: (plan, task used).
+
+    The one path behind :func:`inspect_model` and ``hf-freeze inspect``.
+    """
     model_config = load_model_config(model) if isinstance(model, str) else model
     task = normalize_task(task) if task else infer_task(model_config)
     plan = spec.resolve(build_meta_model(model_config, task=task, num_labels=num_labels))

@@ -95,24 +95,28 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
     aliases = structure.aliases
 
     state: dict[str, tuple[bool, str]] = {n: (p.requires_grad, RULE_INITIAL) for n, p in params.items()}
-    for name in params:
-        if spec.freeze_embeddings and name in structure.embedding_names:
-            state[name] = (False, RULE_EMBEDDINGS)
-        where = structure.locations.get(name)
-        if where is not None and where[1] in frozen_layers.get(where[0].path, ()):
-            state[name] = (False, RULE_LAYERS)
+    if spec.freeze_embeddings:
+        state.update((name, (False, RULE_EMBEDDINGS)) for name in structure.embedding_names)
+    if frozen_layers:
+        state.update(
+            (name, (False, RULE_LAYERS))
+            for name, (stack, block) in structure.locations.items()
+            if block in frozen_layers.get(stack.path, ())
+        )
 
     hits: dict[str, dict[str, int]] = {"freeze": {}, "unfreeze": {}}
     for option, value in (("freeze", False), ("unfreeze", True)):
         for pattern in getattr(spec, option):
-            compiled = compile_pattern(pattern, option)
-            count = 0
-            for name in params:
-                if any(matches(compiled, alias) for alias in aliases[name]):
-                    state[name] = (value, f"{option}:{pattern}")
-                    count += 1
-            hits[option][pattern] = count
-            if count == 0:
+            search = compile_pattern(pattern, option).search
+            hit = [
+                name
+                for name, names in aliases.items()
+                if search(name) or (len(names) > 1 and any(search(alias) for alias in names))
+            ]
+            decided = (value, f"{option}:{pattern}")
+            state.update((name, decided) for name in hit)
+            hits[option][pattern] = len(hit)
+            if not hit:
                 message = (
                     f"`{option}` pattern {pattern!r} matched no parameter of {type(model).__name__}. Patterns "
                     f"match whole dot-separated segments; closest names: {closest_names(pattern, params)}."

@@ -121,6 +121,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         data_collator=default_data_collator,
+        callbacks=ru.recipe_callbacks(),
     )
     checksums = ru.ChecksumRecorder.from_env(model)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -133,6 +133,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         processing_class=processor,
         data_collator=default_data_collator,
         compute_metrics=compute_metrics,
+        callbacks=ru.recipe_callbacks(),
     )
     checksums = ru.ChecksumRecorder.from_env(model)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

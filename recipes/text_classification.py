@@ -103,6 +103,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
+        callbacks=ru.recipe_callbacks(),
     )
     checksums = ru.ChecksumRecorder.from_env(model)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -197,8 +197,9 @@ def test_text_classification_default_from_flags(tmp_path):
 
 
 @pytest.mark.slow
-def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model, sentiment_csv, capsys):
+def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model, sentiment_csv, capsys, monkeypatch):
     train, dev = sentiment_csv
+    monkeypatch.setenv(ru.PERF_ENV, str(tmp_path / "perf.json"))  # the GPU check's step timer
     out = str(tmp_path / "out")
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
@@ -216,6 +217,9 @@ def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model,
     with open(os.path.join(out, "config.json"), encoding="utf-8") as handle:
         assert json.load(handle)["label2id"] == {"neg": 0, "pos": 1}
     assert {p.layer for p in plan.params if p.rule == "freeze_layers"} == {0, 1}
+    with open(tmp_path / "perf.json", encoding="utf-8") as handle:
+        perf = json.load(handle)
+    assert perf["steps"] == 2 and perf["median_step_s"] > 0 and perf["trainable_params"] == plan.trainable_numel
 
 
 @pytest.mark.slow

@@ -280,11 +280,15 @@ def _bad_input_cases(tiny_model: str, csv_files: tuple[str, str], tmp_path) -> d
              "--overwrite_output_dir"],
             r"`model_name_or_path`=.*no_model.*not a model folder"),
         "previous run": ([*local, "--train_file", train], r"`output_dir`=.*previous run.*--overwrite_output_dir"),
+        "hub dataset offline": (
+            [*local, "--dataset_name", "someone/no_such_dataset", "--overwrite_output_dir"],
+            r"`dataset_name`='someone/no_such_dataset'.*could not be loaded"),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["missing data file", "label column", "unknown yaml key", "model path", "previous run"]
+    "case",
+    ["missing data file", "label column", "unknown yaml key", "model path", "previous run", "hub dataset offline"],
 )
 def test_bad_input_fails_before_training_and_keeps_output(case, tmp_path, tiny_text_model, sentiment_csv, monkeypatch):
     recipe = load_recipe("text_classification")

@@ -91,24 +91,35 @@ def optimizer_params(trainer):
 # ---------------------------------------------------------------- drop-in
 
 
+def _drop_in_run(tmp_path, trainer_cls, args_cls, label):
+    model = build("bert")
+    args = args_for(tmp_path, args_cls, name=label, save_strategy="steps", save_steps=2)
+    trainer = trainer_cls(model=model, args=args, train_dataset=TokenData())
+    trainer.train()
+    return {
+        "losses": losses(trainer),
+        "params": snapshot(model),
+        "groups": [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups],
+        "sizes": [len(g["params"]) for g in trainer.optimizer.param_groups],
+        "files": sorted(os.listdir(tmp_path / label / "checkpoint-2")),
+        "trainer": trainer,
+    }
+
+
+@pytest.fixture(scope="module")
+def trainer_reference(tmp_path_factory):
+    return _drop_in_run(tmp_path_factory.mktemp("ref"), Trainer, TrainingArguments, "ref")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("args_cls", [FreezingTrainingArguments, TrainingArguments])
-def test_no_options_is_exactly_trainer(tmp_path, args_cls):
-    runs = {}
-    for label, trainer_cls, cls in (("ref", Trainer, TrainingArguments), ("ours", FreezingTrainer, args_cls)):
-        model = build("bert")
-        args = args_for(tmp_path, cls, name=label, save_strategy="steps", save_steps=2)
-        trainer = trainer_cls(model=model, args=args, train_dataset=TokenData())
-        trainer.train()
-        groups = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
-        sizes = [len(g["params"]) for g in trainer.optimizer.param_groups]
-        files = sorted(os.listdir(tmp_path / label / "checkpoint-2"))
-        runs[label] = (losses(trainer), snapshot(model), groups, sizes, files, trainer)
-    ref, ours = runs["ref"], runs["ours"]
-    assert ours[0] == ref[0] and len(ref[0]) == STEPS
-    assert all(torch.equal(ref[1][n], ours[1][n]) for n in ref[1])
-    assert ours[2] == ref[2] and ours[3] == ref[3]
-    assert ours[4] == ref[4] and PLAN_FILE not in ours[4]
-    assert ours[5].freeze_plan is None
+def test_no_options_is_exactly_trainer(tmp_path, args_cls, trainer_reference):
+    ref, ours = trainer_reference, _drop_in_run(tmp_path, FreezingTrainer, args_cls, "ours")
+    assert ours["losses"] == ref["losses"] and len(ref["losses"]) == STEPS
+    assert all(torch.equal(ref["params"][n], ours["params"][n]) for n in ref["params"])
+    assert ours["groups"] == ref["groups"] and ours["sizes"] == ref["sizes"]
+    assert ours["files"] == ref["files"] and PLAN_FILE not in ours["files"]
+    assert ours["trainer"].freeze_plan is None
 
 
 # ---------------------------------------------------------------- freezing
@@ -287,6 +298,7 @@ def test_checkpointing_above_frozen_layers_trains(tmp_path, kind, reentrant):
     assert not (moved & set(trainer.freeze_plan.frozen_names))
 
 
+@pytest.mark.slow
 def test_checkpointing_matches_the_run_without_it(tmp_path):
     finals = []
     for checkpointing in (False, True):
@@ -305,6 +317,7 @@ def test_checkpointing_matches_the_run_without_it(tmp_path):
 # ---------------------------------------------------------------- save, resume, model card
 
 
+@pytest.mark.slow
 def test_plan_saved_in_checkpoints_final_model_and_model_card(tmp_path):
     args = args_for(tmp_path, freeze_layers=":2", save_strategy="steps", save_steps=2)
     trainer = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData())
@@ -324,6 +337,7 @@ def _resume_args(tmp_path, name, **options):
     return args_for(tmp_path, name=name, max_steps=6, save_strategy="steps", save_steps=3, **options)
 
 
+@pytest.mark.slow
 def test_resume_matches_the_uninterrupted_run_bitwise(tmp_path):
     options = dict(freeze_embeddings=True, freeze_layers=":2", layer_lr_decay=0.8)
     full_model = build("bert")
@@ -339,10 +353,11 @@ def test_resume_matches_the_uninterrupted_run_bitwise(tmp_path):
     assert all(torch.equal(p, full[n]) for n, p in resumed_model.named_parameters())
 
 
+@pytest.mark.slow
 def test_resume_with_another_plan_errors_before_any_step(tmp_path, caplog):
-    FreezingTrainer(
-        model=build("bert"), args=_resume_args(tmp_path, "a", freeze_layers=":2"), train_dataset=TokenData()
-    ).train()
+    first = _resume_args(tmp_path, "a", freeze_layers=":2")
+    first.max_steps = 3
+    FreezingTrainer(model=build("bert"), args=first, train_dataset=TokenData()).train()
     checkpoint = str(tmp_path / "a" / "checkpoint-3")
     model = build("bert")
     before = snapshot(model)
@@ -456,6 +471,7 @@ UNFREEZE = dict(
 )
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_steps_and_bitwise_resume(tmp_path):
     model = build("bert")
     before = snapshot(model)
@@ -496,7 +512,7 @@ def test_gradual_unfreezing_by_epoch(tmp_path):
     model = build("bert")
     before = snapshot(model)
     options = dict(freeze_layers=":4", unfreeze_strategy="epoch", unfreeze_steps=1, max_steps=-1, num_train_epochs=2)
-    trainer = FreezingTrainer(model=model, args=args_for(tmp_path, **options), train_dataset=TokenData())
+    trainer = FreezingTrainer(model=model, args=args_for(tmp_path, **options), train_dataset=TokenData(n=8))
     trainer.train()
     assert trainer.freeze_plan.stage == 2  # after epoch 1 (layer 3) and epoch 2 (layer 2)
     moved = changed(before, model)

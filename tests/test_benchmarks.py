@@ -171,6 +171,12 @@ def test_report_ratios_targets_table_and_chart(tmp_path):
     assert verdicts[("peak memory at or below hand-frozen Trainer", "head")] is True
     assert verdicts[("gradients = 4 B per trainable parameter", "head/freezing")] is False
     assert verdicts[("optimizer state = 8 B per trainable parameter", "head/trainer")] is True
+    cases["head/freezing"]["peak_rss_bytes"] = 105 * report.MIB  # 5 MiB above the reference: a miss
+    cases["head/freezing"]["losses"] = [0.5, 0.41]
+    verdicts = {(t["target"], t["depth"]): t["holds"] for t in report.check_targets(cases)}
+    assert verdicts[("peak memory at or below hand-frozen Trainer", "head")] is False
+    assert verdicts[("identical losses", "head")] is False
+    cases["head/freezing"]["peak_rss_bytes"] = 99 * report.MIB
     table = report.markdown_table(cases)
     assert "| head only | FreezingTrainer | 1.100 | 1.100 | 99.0 |" in table
     assert len(table.splitlines()) == 2 + 3

@@ -40,12 +40,14 @@ class _SizeProbe(transformers.TrainerCallback):
 
 
 def _import_training_stack() -> None:
-    """Import what building a ``Trainer`` imports (accelerate, datasets, DeepSpeed where installed), so the
-    forward-only case starts from the same resident memory as the training cases."""
+    """Import what building a ``Trainer`` or a ``FreezingTrainer`` imports (accelerate, datasets, DeepSpeed where
+    installed, hf-freeze), so every case starts from the same resident memory and differs only in training."""
     import accelerate  # noqa: F401
     import peft  # noqa: F401
     import transformers.trainer  # noqa: F401
 
+    import hf_freeze.arguments  # noqa: F401 - hf-freeze's own import cost (~1 MiB) is the same in every case
+    import hf_freeze.resolve  # noqa: F401
     import hf_freeze.trainer  # noqa: F401
 
     if importlib.util.find_spec("deepspeed") is not None:

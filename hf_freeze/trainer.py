@@ -119,18 +119,23 @@ class FreezingTrainer(Trainer):
         args = super()._build_accelerator_args(**kwargs)
         if self.freeze_plan is None or not self.freezing_active or self.args.ddp_find_unused_parameters is not None:
             return args
-        checkpointing = bool(self.args.activation_checkpointing) or bool(
-            getattr(self.model, "is_activation_checkpointing", False)
-        )
-        find_unused = backend.find_unused_from_plan(self.model, self.freeze_plan, checkpointing)
+        find_unused = backend.find_unused_from_plan(self.model, self.freeze_plan, self._checkpointing_on(self.model))
         for handler in args.get("kwargs_handlers", []):
             if hasattr(handler, "find_unused_parameters"):
                 handler.find_unused_parameters = find_unused
         logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
         return args
 
+    # transformers 5 renamed gradient_checkpointing* to activation_checkpointing*; read either
+    def _checkpointing_requested(self) -> bool:
+        return bool(getattr(self.args, "activation_checkpointing", None) or self.args.gradient_checkpointing)
+
+    def _checkpointing_kwargs(self) -> dict[str, Any]:
+        args = self.args
+        return getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
+
     def _checkpointing_on(self, model: nn.Module) -> bool:
-        if self.args.activation_checkpointing:
+        if self._checkpointing_requested():
             return True
         return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()) or bool(
             getattr(model, "is_activation_checkpointing", False)
@@ -147,7 +152,7 @@ class FreezingTrainer(Trainer):
             backend.check_fsdp(self.model, self.accelerator.state.fsdp_plugin)
         checkpointing = self._checkpointing_on(self.model)
         if checkpointing and plan.frozen_names:
-            kwargs = self.args.activation_checkpointing_kwargs or {}
+            kwargs = self._checkpointing_kwargs()
             backend.check_checkpointing(
                 plan, self.args.ddp_find_unused_parameters, True, bool(kwargs.get("use_reentrant", True))
             )

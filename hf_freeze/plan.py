@@ -22,7 +22,7 @@ PLAN_FILE = "freeze_plan.json"
 GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER = "embeddings", "head", "other"
 
 
-@dataclass
+@dataclass(slots=True)
 class ParamDecision:
     """One parameter: its name, shape, size, whether it trains and the rule that decided it.
 
@@ -39,6 +39,9 @@ class ParamDecision:
     stack: str | None = None
     layer: int | None = None
     aliases: list[str] = field(default_factory=list)
+
+
+_DECISION_FIELDS = tuple(f.name for f in fields(ParamDecision))
 
 
 @dataclass
@@ -196,7 +199,7 @@ class FreezePlan:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
         data = json.loads(json.dumps(data))  # a deep, JSON-safe copy of the small fields
-        data["params"] = [vars(p).copy() for p in self.params]  # asdict() is 10x slower on 100k tensors
+        data["params"] = [{f: getattr(p, f) for f in _DECISION_FIELDS} for p in self.params]  # asdict() is 10x slower
         data["plan_hash"] = self.plan_hash
         data["totals"] = {
             "trainable": self.trainable_numel,
@@ -254,8 +257,13 @@ class FreezePlan:
 
 
 def _shape(param) -> list[int]:
-    # DeepSpeed ZeRO-3 partitions parameters: their real shape lives in ds_shape.
-    return list(getattr(param, "ds_shape", None) or param.shape)
+    # DeepSpeed ZeRO-3 partitions parameters: their real shape lives in ds_shape. (A __dict__ lookup:
+    # getattr with a default raises and catches internally, which costs seconds on 100k tensors.)
+    return list(param.__dict__.get("ds_shape") or param.shape)
+
+
+def _numel(param) -> int:
+    return int(param.__dict__.get("ds_numel") or param.numel())
 
 
 def _norm_params(plan: FreezePlan, module_name: str) -> list[str]:

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .matching import closest_names, compile_pattern, matches
 from .norm_stats import frozen_norm_modules
-from .plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER, FreezePlan, ParamDecision, _shape
+from .plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER, FreezePlan, ParamDecision, _numel, _shape
 
 if TYPE_CHECKING:
     from .spec import FreezeSpec
@@ -154,7 +154,7 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
             ParamDecision(
                 name=name,
                 shape=_shape(param),
-                numel=int(getattr(param, "ds_numel", None) or param.numel()),
+                numel=_numel(param),
                 trainable=trainable,
                 rule=rule,
                 group=group,

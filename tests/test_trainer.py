@@ -214,6 +214,42 @@ def test_layer_lr_decay_refuses_a_non_standard_grouping():
     assert optim.is_standard_grouping(standard, model, ["weight"])
 
 
+class SGDFactory:
+    """An optimizer factory (Trainer's path for Muon/Dion-style optimizers): called with the model."""
+
+    def __call__(self, model, **kwargs):
+        return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **kwargs)
+
+
+def test_special_optimizer_paths_keep_working(tmp_path):
+    # optimizer_cls_and_kwargs with a plain class: Trainer's groups, split by layer_lr_decay
+    model = build("bert")
+    args = args_for(tmp_path, freeze_layers=":2", layer_lr_decay=0.5, max_steps=1)
+    trainer = FreezingTrainer(
+        model=model, args=args, train_dataset=TokenData(), optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1})
+    )
+    trainer.create_optimizer()
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    assert {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}["bert.encoder.layer.2/decay"] == 0.1 * 0.25
+    # a factory builds its own groups: left alone, and layer_lr_decay says it cannot apply
+    model = build("bert")
+    before = snapshot(model)
+    args = args_for(tmp_path, name="factory", freeze_layers=":2", max_steps=2)
+    trainer = FreezingTrainer(
+        model=model, args=args, train_dataset=TokenData(), optimizer_cls_and_kwargs=(SGDFactory, {"lr": 0.1})
+    )
+    trainer.train()
+    assert len(trainer.optimizer.param_groups) == 1 and "name" not in trainer.optimizer.param_groups[0]
+    moved = changed(before, model)
+    assert "bert.encoder.layer.3.output.dense.weight" in moved and not moved & set(trainer.freeze_plan.frozen_names)
+    args = args_for(tmp_path, name="factory2", freeze_layers=":2", layer_lr_decay=0.5, max_steps=1)
+    trainer = FreezingTrainer(
+        model=build("bert"), args=args, train_dataset=TokenData(), optimizer_cls_and_kwargs=(SGDFactory, {"lr": 0.1})
+    )
+    with pytest.raises(InvalidOptionError, match="layer_lr_decay"):
+        trainer.create_optimizer()
+
+
 def test_user_optimizer_with_frozen_parameters_warns(tmp_path, caplog):
     model = build("bert")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -35,7 +35,7 @@ import transformers  # noqa: E402
 from trainbench import report  # noqa: E402
 from trainbench.alone import run_in_subprocess, worker_main  # noqa: E402
 from trainbench.cases import CASE_IDS, BenchSettings, load_model, prepare_case  # noqa: E402
-from trainbench.scheduler import StepScheduler  # noqa: E402
+from trainbench.scheduler import StepScheduler, use_one_malloc_arena  # noqa: E402
 
 logger = logging.getLogger("hf_freeze.benchmarks")
 
@@ -135,6 +135,7 @@ def time_cases(args: BenchmarkArguments, case_ids: list[str]) -> dict[str, dict[
     """Step times of every case from one interleaved run, plus each case's losses."""
     rounds = args.warmup_steps + args.timed_steps
     settings = args.settings(rounds, os.path.join(args.output_dir, "tmp"))
+    use_one_malloc_arena()
     base = load_model(args.model, args.seed)
     scheduler = StepScheduler(num_threads=args.threads)
     prepared = {}

@@ -27,7 +27,8 @@ mkdir -p "$RESULTS"
 cat "$RESULTS/environment.txt"
 EXTRA=()
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then  # check this script on a CPU machine: 2 steps, --use_cpu
-  STEPS=2; EXTRA=(--use_cpu); echo "gpu_check: DRY RUN on CPU, figures are meaningless"
+  STEPS=2; EXTRA=(--use_cpu --bf16 false --max_eval_samples 64); RUN_TIMEOUT=600
+  echo "gpu_check: DRY RUN on CPU, figures are meaningless"
 elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_check: no CUDA device visible to $PY; nothing measured." | tee "$RESULTS/gpu_check.md"
   exit 1

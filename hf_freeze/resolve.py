@@ -138,29 +138,34 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
                 )
             state[name] = (True, RULE_HEAD)
 
+    zero3 = any("ds_numel" in p.__dict__ for p in params.values())  # DeepSpeed partitioned the model
+    layer_groups: dict[tuple[str, int], str] = {}
     decisions = []
     for name, param in params.items():
         where = structure.locations.get(name)
         if where is not None:
-            group, stack, layer = f"{where[0].path}.{where[1]}", where[0].path, where[1]
-        elif name in structure.embedding_names:
-            group, stack, layer = GROUP_EMBEDDINGS, None, None
-        elif name in structure.head_names:
-            group, stack, layer = GROUP_HEAD, None, None
+            stack, layer = where[0].path, where[1]
+            group = layer_groups.get((stack, layer)) or layer_groups.setdefault((stack, layer), f"{stack}.{layer}")
         else:
-            group, stack, layer = GROUP_OTHER, None, None
+            stack = layer = None
+            if name in structure.embedding_names:
+                group = GROUP_EMBEDDINGS
+            elif name in structure.head_names:
+                group = GROUP_HEAD
+            else:
+                group = GROUP_OTHER
         trainable, rule = state[name]
         decisions.append(
             ParamDecision(
-                name=name,
-                shape=_shape(param),
-                numel=_numel(param),
-                trainable=trainable,
-                rule=rule,
-                group=group,
-                stack=stack,
-                layer=layer,
-                aliases=[a for a in aliases[name] if a != name],
+                name,
+                _shape(param) if zero3 else list(param.shape),
+                _numel(param) if zero3 else param.numel(),
+                trainable,
+                rule,
+                group,
+                stack,
+                layer,
+                aliases[name][1:],  # the first name is the canonical one
             )
         )
 

@@ -5,8 +5,8 @@ on random tokens and compares full fine-tuning with ``Trainer``, ``Trainer`` on 
 hand, ``FreezingTrainer`` with the same plan, PEFT LoRA and a forward-only pass, at several depths.
 
 Usage:
-    make bench                                   # the full run, about 10 minutes on 2 CPU cores
-    make bench ARGS="--quick"                    # a few steps per case, about 4 minutes
+    make bench                                   # the full run (20.6 min on 2 CPU cores shared with other jobs)
+    make bench ARGS="--quick"                    # 1 warm-up + 4 timed steps per case, 2 steps for memory
     .venv/bin/python benchmarks/run_benchmarks.py --cases head/trainer head/freezing --timed_steps 10
 
 Step times come from one process that interleaves the cases step by step (see

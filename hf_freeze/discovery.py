@@ -94,22 +94,23 @@ def index_model(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Pa
     params: dict[str, nn.Parameter] = {}
     aliases: dict[str, list[str]] = {}
     first_name: dict[int, str] = {}
-    todo = [("", model)]
-    while todo:
-        path, module = todo.pop()
-        modules.setdefault(path, module)
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        modules.setdefault(prefix.rstrip("."), module)
         for name, param in module._parameters.items():
-            if param is None:
-                continue
-            full = f"{path}.{name}" if path else name
-            first = first_name.setdefault(id(param), full)
-            if first == full:
-                params[full] = param
-                aliases[full] = [full]
-            else:
-                aliases[first].append(full)
-        children = [(f"{path}.{n}" if path else n, c) for n, c in module._modules.items() if c is not None]
-        todo.extend(reversed(children))
+            if param is not None:
+                full = prefix + name
+                first = first_name.setdefault(id(param), full)
+                if first is full:
+                    params[full] = param
+                    aliases[full] = [full]
+                else:
+                    aliases[first].append(full)
+        for name, child in module._modules.items():
+            if child is not None:
+                visit(f"{prefix}{name}.", child)
+
+    visit("", model)
     return modules, params, aliases
 
 

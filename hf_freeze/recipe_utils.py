@@ -513,6 +513,34 @@ def accuracy_metric():
     return Accuracy(keep_in_memory=True)
 
 
+def accuracy_from_logits():
+    """``compute_metrics`` for classifiers: accuracy of the arg-max of the logits."""
+    import numpy as np
+
+    metric = accuracy_metric()
+
+    def compute_metrics(prediction):
+        predictions = np.argmax(prediction.predictions, axis=-1)
+        return metric.compute(predictions=predictions, references=prediction.label_ids)
+
+    return compute_metrics
+
+
+def train_evaluate_report(trainer, processor, recipe: str, started: float, headline: list[str], extra_eval=None):
+    """The common end of every recipe: train (resuming if asked), evaluate, save the outputs and the
+    per-rank checksums, print the summary. ``extra_eval`` derives more metrics from the eval ones."""
+    checksums = ChecksumRecorder.from_env(trainer.model)
+    train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    eval_metrics = trainer.evaluate()
+    if extra_eval is not None:
+        eval_metrics.update(extra_eval(eval_metrics))
+    save_outputs(trainer, processor, {"train": train_result.metrics, "eval": eval_metrics})
+    checksums.write(trainer)
+    metrics = {**train_result.metrics, **eval_metrics}
+    print_summary(recipe, trainer, metrics, started, headline)
+    return metrics
+
+
 # --------------------------------------------------------------------------- logging, summary, exit
 def setup_logging(training_args) -> None:
     """transformers-style logging: INFO on the main process (the plan table), warnings elsewhere."""

@@ -123,15 +123,10 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         data_collator=default_data_collator,
         callbacks=ru.recipe_callbacks(),
     )
-    checksums = ru.ChecksumRecorder.from_env(model)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    eval_metrics = trainer.evaluate()
-    eval_metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
-    ru.save_outputs(trainer, tokenizer, {"train": train_result.metrics, "eval": eval_metrics})
-    checksums.write(trainer)
-    metrics = {**train_result.metrics, **eval_metrics}
-    ru.print_summary("causal_lm", trainer, metrics, started, ["eval_loss", "perplexity", "train_loss"])
-    return metrics
+    return ru.train_evaluate_report(
+        trainer, tokenizer, "causal_lm", started, ["eval_loss", "perplexity", "train_loss"],
+        extra_eval=lambda m: {"perplexity": math.exp(min(m["eval_loss"], 50.0))},
+    )
 
 
 if __name__ == "__main__":

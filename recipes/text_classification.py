@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -90,11 +89,6 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     with training_args.main_process_first(desc="tokenize"):
         data = raw.map(tokenize, batched=True, remove_columns=raw["train"].column_names)
 
-    metric = ru.accuracy_metric()
-
-    def compute_metrics(prediction):
-        return metric.compute(predictions=np.argmax(prediction.predictions, axis=-1), references=prediction.label_ids)
-
     trainer = FreezingTrainer(
         model=model,
         args=training_args,
@@ -102,17 +96,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
+        compute_metrics=ru.accuracy_from_logits(),
         callbacks=ru.recipe_callbacks(),
     )
-    checksums = ru.ChecksumRecorder.from_env(model)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    eval_metrics = trainer.evaluate()
-    ru.save_outputs(trainer, tokenizer, {"train": train_result.metrics, "eval": eval_metrics})
-    checksums.write(trainer)
-    metrics = {**train_result.metrics, **eval_metrics}
-    ru.print_summary("text_classification", trainer, metrics, started, ["eval_accuracy", "eval_loss", "train_loss"])
-    return metrics
+    headline = ["eval_accuracy", "eval_loss", "train_loss"]
+    return ru.train_evaluate_report(trainer, tokenizer, "text_classification", started, headline)
 
 
 if __name__ == "__main__":

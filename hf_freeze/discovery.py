@@ -136,11 +136,6 @@ def model_roots(model: nn.Module, modules: dict[str, nn.Module] | None = None) -
     return path, pretrained, path
 
 
-def base_model_path(model: nn.Module) -> str:
-    """Path of the base model (the part without task head) inside ``model``."""
-    return model_roots(model)[2]
-
-
 def _config_layer_counts(config) -> set[int]:
     counts: set[int] = set()
     seen: set[int] = set()

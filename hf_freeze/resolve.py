@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .discovery import LayerStack, ModelStructure, discover, named_stack_candidates
+from .discovery import (
+    LayerStack,
+    ModelStructure,
+    discover,
+    find_layer_stacks,
+    named_stack_candidates,
+    stack_from_path,
+)
 from .errors import (
     LayerStackNotFoundError,
     NoTrainableParametersError,
@@ -48,11 +55,8 @@ def _select_stacks(spec: FreezeSpec, model: nn.Module) -> list[LayerStack] | Non
             f"`layer_stack`={spec.layer_stack!r} matches no nn.ModuleList of {type(model).__name__}. "
             f"Candidates: {candidates[:10]}."
         )
-    found = {s.path: s for s in discover(model).stacks}
-    return [
-        found.get(p) or LayerStack(p, len(model.get_submodule(p)), len(model.get_submodule(p)))
-        for p in chosen
-    ]
+    found = {s.path: s for s in find_layer_stacks(model)}  # keeps what discovery knows (shared layers)
+    return [found.get(p) or stack_from_path(model, p) for p in chosen]
 
 
 def _frozen_layers(spec: FreezeSpec, structure: ModelStructure, model: nn.Module) -> dict[str, set[int]]:

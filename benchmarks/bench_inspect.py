@@ -88,7 +88,7 @@ def main() -> None:
         imports = [
             sys.executable,
             "-c",
-            "import hf_freeze.cli, hf_freeze.inspect; from transformers import LlamaForCausalLM",
+            "import hf_freeze.cli, hf_freeze.cli.inspection; from transformers import LlamaForCausalLM",
         ]
 
         runs, floors, output = [], [], ""

@@ -1,6 +1,9 @@
 """hf-freeze: correct, fast and easy partial fine-tuning of Hugging Face models."""
 
-from .api import freeze_model
+from .core.api import freeze_model
+from .core.matching import compile_pattern, matches
+from .core.plan import PLAN_FILE, FreezePlan, ParamDecision
+from .core.spec import FreezeSpec
 from .errors import (
     FreezeError,
     InvalidOptionError,
@@ -14,16 +17,13 @@ from .errors import (
     SharedLayersError,
     TiedWeightsConflictError,
 )
-from .matching import compile_pattern, matches
-from .plan import PLAN_FILE, FreezePlan, ParamDecision
-from .spec import FreezeSpec
 
 __version__ = "0.1.0"
 
 # The Trainer side imports transformers; load it on first use so the core stays light.
 _LAZY = {
-    "FreezingTrainer": "trainer",
-    "FreezingTrainingArguments": "arguments",
+    "FreezingTrainer": "training.trainer",
+    "FreezingTrainingArguments": "training.arguments",
 }
 
 

@@ -1,7 +1,7 @@
 """Train the top layers of a causal language model (optionally its embeddings and head too).
 
 With no arguments it runs offline: a tiny Llama-style model built from a config (4 layers; the
-tokenizer of the bundled MiniLM) trained on this project's own documentation, with the embeddings
+tokenizer of the bundled MiniLM) trained on generated review paragraphs (recipes/demo_data.py), with the embeddings
 and the bottom 2 layers frozen (the top 2 layers, the final norm and the LM head train). Texts are
 concatenated and cut into blocks of ``--max_length`` tokens. It reports the evaluation loss and
 perplexity and saves the model, the tokenizer and ``freeze_plan.json``.
@@ -24,6 +24,8 @@ import math
 import time
 from itertools import chain
 
+import recipe_utils as ru
+from demo_data import review_corpus
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -35,8 +37,6 @@ from transformers import (
 )
 
 from hf_freeze import FreezingTrainer
-from hf_freeze import recipe_utils as ru
-from hf_freeze.demo_data import project_corpus
 
 DEFAULTS = {
     "output_dir": "outputs/causal_lm",
@@ -58,7 +58,7 @@ DEFAULTS = {
 def default_corpus():
     import datasets
 
-    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": project_corpus()})})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": review_corpus()})})
 
 
 def tiny_llama(tokenizer, max_length: int) -> LlamaConfig:

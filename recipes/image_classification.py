@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 
+import recipe_utils as ru
 import torch
 from transformers import (
     AutoConfig,
@@ -35,7 +36,6 @@ from transformers import (
 )
 
 from hf_freeze import FreezingTrainer
-from hf_freeze import recipe_utils as ru
 
 DEFAULTS = {
     "output_dir": "outputs/image_classification",

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import time
 
+import recipe_utils as ru
+from demo_data import sentiment_splits
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -34,8 +36,6 @@ from transformers import (
 )
 
 from hf_freeze import FreezingTrainer
-from hf_freeze import recipe_utils as ru
-from hf_freeze.demo_data import sentiment_splits
 
 DEFAULTS = {
     "output_dir": "outputs/text_classification",

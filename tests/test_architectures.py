@@ -7,7 +7,7 @@ import pytest
 from tiny_models import build
 
 from hf_freeze import FreezeSpec, SharedLayersError
-from hf_freeze.discovery import discover
+from hf_freeze.core.discovery import discover
 
 # model: (stacks [(path, num_layers)], embedding prefixes, exact head names, ties)
 EXPECTED = {

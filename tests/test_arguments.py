@@ -8,7 +8,7 @@ import pytest
 from transformers import HfArgumentParser, TrainingArguments
 
 from hf_freeze import FreezeSpec, FreezingTrainingArguments, InvalidOptionError
-from hf_freeze.arguments import UNFREEZE_STRATEGIES
+from hf_freeze.training.arguments import UNFREEZE_STRATEGIES
 
 FREEZE_FIELDS = [
     "freeze", "unfreeze", "freeze_embeddings", "freeze_layers", "layer_stack", "train_head", "freeze_norm_stats",

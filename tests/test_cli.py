@@ -16,8 +16,8 @@ import yaml
 
 from hf_freeze import FreezePlan, FreezeSpec
 from hf_freeze.cli import main
-from hf_freeze.freeze_map import FROZEN_COLOR, TRAINABLE_COLOR
-from hf_freeze.inspect import TASKS, inspect_model
+from hf_freeze.cli.freeze_map import FROZEN_COLOR, TRAINABLE_COLOR
+from hf_freeze.cli.inspection import TASKS, inspect_model
 
 TEXT = dict(vocab_size=99, hidden_size=16, num_attention_heads=2, intermediate_size=32)
 CONFIGS = {
@@ -338,8 +338,8 @@ def test_training_argument_keys_are_not_taken_for_typos(tmp_path):
     """Every FreezingTrainingArguments field may sit in a recipe YAML without being taken for a typo."""
     from dataclasses import fields
 
-    from hf_freeze.arguments import FreezingTrainingArguments
-    from hf_freeze.inspect import read_recipe
+    from hf_freeze.cli.inspection import read_recipe
+    from hf_freeze.training.arguments import FreezingTrainingArguments
 
     keys = {
         f.name: None
@@ -387,7 +387,7 @@ def llama_70b_config() -> tf.LlamaConfig:
 
 def test_70b_config_on_meta_device():
     """Shapes only: every parameter stays on the meta device, and the totals match the config's arithmetic."""
-    from hf_freeze.inspect import build_meta_model
+    from hf_freeze.cli.inspection import build_meta_model
 
     config = llama_70b_config()
     model = build_meta_model(config)

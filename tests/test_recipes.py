@@ -14,13 +14,13 @@ import json
 import os
 
 import pytest
+import recipe_utils as ru
 import torch
 import yaml
+from demo_data import LABEL_NAMES, sentiment_examples, sentiment_splits
 from safetensors.torch import load_file
 
 from hf_freeze import PLAN_FILE, FreezePlan, InvalidOptionError
-from hf_freeze import recipe_utils as ru
-from hf_freeze.demo_data import LABEL_NAMES, sentiment_examples, sentiment_splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--max_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none"]
@@ -110,11 +110,13 @@ def test_demo_labels_need_more_than_word_counting():
     assert accuracy < 0.65, accuracy
 
 
-def test_project_corpus_is_the_projects_own_text():
-    from hf_freeze.demo_data import project_corpus
+def test_review_corpus_is_generated_and_deterministic(tmp_path, monkeypatch):
+    from demo_data import review_corpus
 
-    corpus = project_corpus()
-    assert len(corpus) > 20 and any("freeze" in p.lower() for p in corpus)
+    corpus = review_corpus()
+    monkeypatch.chdir(tmp_path)  # nothing is read from the checkout
+    assert review_corpus() == corpus
+    assert len(corpus) == 300 and len(set(corpus)) == 300 and all(p.endswith(".") for p in corpus)
 
 
 # --------------------------------------------------------------------------- parser

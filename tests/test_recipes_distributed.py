@@ -15,10 +15,10 @@ import subprocess
 import sys
 
 import pytest
+import recipe_utils as ru
 from test_recipes import QUICK, ROOT, load_recipe, make_tiny_text_model
 
 from hf_freeze import FreezePlan
-from hf_freeze import recipe_utils as ru
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -23,10 +23,10 @@ from hf_freeze import (
     FreezingTrainingArguments,
     InvalidOptionError,
     PlanMismatchError,
-    backend,
-    optim,
 )
-from hf_freeze.unfreeze import unfreeze_events
+from hf_freeze.training import backend
+from hf_freeze.training import param_groups as optim
+from hf_freeze.training.unfreezing import unfreeze_events
 
 # Trainer.train() calls gc.collect() (accelerate's free_memory); after the heavy imports that scan costs
 # about a second per run on this machine. Freezing the objects alive now keeps it short.

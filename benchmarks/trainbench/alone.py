@@ -46,9 +46,9 @@ def _import_training_stack() -> None:
     import peft  # noqa: F401
     import transformers.trainer  # noqa: F401
 
-    import hf_freeze.arguments  # noqa: F401 - hf-freeze's own import cost (~1 MiB) is the same in every case
-    import hf_freeze.resolve  # noqa: F401
-    import hf_freeze.trainer  # noqa: F401
+    import hf_freeze.core.resolve  # noqa: F401
+    import hf_freeze.training.arguments  # noqa: F401 - hf-freeze's own import cost (~1 MiB) is the same in every case
+    import hf_freeze.training.trainer  # noqa: F401
 
     if importlib.util.find_spec("deepspeed") is not None:
         import deepspeed  # noqa: F401

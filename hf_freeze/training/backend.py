@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InvalidOptionError
-from .plan import GROUP_OTHER, FreezePlan
+from ..core.plan import GROUP_OTHER, FreezePlan
+from ..errors import InvalidOptionError
 
 logger = logging.getLogger("hf_freeze")
 

@@ -6,7 +6,7 @@ import gc
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidOptionError
+from ..errors import InvalidOptionError
 from .layer_selection import LayerSelection
 from .matching import compile_pattern
 

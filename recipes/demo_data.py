@@ -1,4 +1,4 @@
-"""Offline data for the recipes' defaults: a generated sentiment dataset and a small text corpus.
+"""Offline data for the recipes' defaults: a generated sentiment dataset and a text corpus built from it.
 
 The sentiment sentences are built so that counting positive and negative words is not enough:
 every sentiment word appears as often in positive as in negative sentences, because of
@@ -12,7 +12,7 @@ every sentiment word appears as often in positive as in negative sentences, beca
 Everything is drawn from a seeded ``random.Random``, so every call, process and machine gets the
 same sentences (the recipes' default run and the multi-process tests depend on that).
 
->>> from hf_freeze.demo_data import sentiment_splits
+>>> from demo_data import sentiment_splits
 >>> splits = sentiment_splits(train_size=2000, eval_size=400)   # doctest: +SKIP
 >>> splits["train"][0]                                           # doctest: +SKIP
 {'text': 'although the trip was dull, the guide was truly superb', 'label': 1}
@@ -21,7 +21,6 @@ same sentences (the recipes' default run and the multi-process tests depend on t
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 LABEL_NAMES = ["negative", "positive"]
 
@@ -111,29 +110,14 @@ def sentiment_splits(train_size: int = 2400, eval_size: int = 600, seed: int = 0
     )
 
 
-def project_corpus() -> list[str]:
-    """Paragraphs of this project's own documentation, a text corpus that is always available offline.
+def review_corpus(paragraphs: int = 300, sentences: int = 4, seed: int = 0) -> list[str]:
+    """Paragraphs of generated review sentences: a text corpus for the causal-LM demo.
 
-    Reads the repository's Markdown files when the package runs from a checkout, and always the
-    docstrings of the ``hf_freeze`` modules (they ship with the package).
+    Generated, not read from files, so a checkout, an installed copy and every rank of a
+    multi-process run train on the same text.
     """
-    import ast
-
-    package = Path(__file__).resolve().parent
-    texts = []
-    for doc in sorted(package.parent.glob("*.md")) + sorted((package.parent / "docs").glob("**/*.md")):
-        texts.append(doc.read_text(encoding="utf-8"))
-    for module in sorted(package.glob("*.py")):
-        tree = ast.parse(module.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
-                docstring = ast.get_docstring(node)
-                if docstring:
-                    texts.append(docstring)
-    paragraphs = []
-    for text in texts:
-        for block in text.split("\n\n"):
-            block = " ".join(line.strip() for line in block.splitlines() if line.strip())
-            if len(block) >= 40 and not block.startswith("<!--"):
-                paragraphs.append(block)
-    return paragraphs
+    rows = sentiment_examples(paragraphs * sentences, seed=seed)
+    return [
+        ". ".join(row["text"] for row in rows[i : i + sentences]).capitalize() + "."
+        for i in range(0, len(rows), sentences)
+    ]

@@ -23,11 +23,12 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import backend, optim
-from .errors import InvalidOptionError, PlanMismatchError
-from .plan import PLAN_FILE, FreezePlan
-from .spec import FreezeSpec
-from .unfreeze import RULE_UNFREEZE, GradualUnfreezeCallback, advance, unfreeze_events
+from ..core.plan import PLAN_FILE, FreezePlan
+from ..core.spec import FreezeSpec
+from ..errors import InvalidOptionError, PlanMismatchError
+from . import backend
+from . import param_groups as optim
+from .unfreezing import RULE_UNFREEZE, GradualUnfreezeCallback, advance, unfreeze_events
 
 logger = logging.getLogger("hf_freeze")
 

@@ -21,7 +21,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
-from .errors import InvalidPatternError
+from ..errors import InvalidPatternError
 
 
 def compile_pattern(pattern: str, option: str = "freeze") -> re.Pattern[str]:

@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import PlanMismatchError
 from .discovery import index_model
-from .errors import PlanMismatchError
 from .norm_stats import freeze_norm_statistics
 
 PLAN_FILE = "freeze_plan.json"

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .errors import InvalidOptionError
-from .spec import FreezeSpec
+from ..core.spec import FreezeSpec
+from ..errors import InvalidOptionError
 
 UNFREEZE_STRATEGIES = ("no", "steps", "epoch")
 

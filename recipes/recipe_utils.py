@@ -26,9 +26,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainerCallback
 
-from .arguments import FreezingTrainingArguments
-from .errors import FreezeError, InvalidOptionError
-from .plan import PLAN_FILE
+from hf_freeze import PLAN_FILE, FreezingTrainingArguments
+from hf_freeze.errors import FreezeError, InvalidOptionError
 
 logger = logging.getLogger("hf_freeze")
 

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import InvalidOptionError, ModelLoadError
-from .spec import FreezeSpec
+from ..core.spec import FreezeSpec
+from ..errors import InvalidOptionError, ModelLoadError
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig
 
-    from .plan import FreezePlan
+    from ..core.plan import FreezePlan
 
 # task name -> transformers Auto class. `--task` accepts these (with "-" or "_").
 TASKS: dict[str, str] = {

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .plan import GROUP_EMBEDDINGS, FreezePlan
+from ..core.plan import GROUP_EMBEDDINGS, FreezePlan
 
 logger = logging.getLogger("hf_freeze")
 

@@ -13,7 +13,7 @@ import math
 
 from transformers import TrainerCallback
 
-from .plan import GROUP_EMBEDDINGS, FreezePlan
+from ..core.plan import GROUP_EMBEDDINGS, FreezePlan
 
 RULE_UNFREEZE = "unfreeze_strategy"
 _SHORTCUT_RULES = ("freeze_layers", "freeze_embeddings")

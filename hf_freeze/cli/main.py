@@ -18,11 +18,11 @@ import sys
 from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING, Any
 
-from .errors import FreezeError
-from .spec import FreezeSpec
+from ..core.spec import FreezeSpec
+from ..errors import FreezeError
 
 if TYPE_CHECKING:
-    from .plan import FreezePlan
+    from ..core.plan import FreezePlan
 
 PROG = "hf-freeze"
 
@@ -94,8 +94,8 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .inspect import TASKS
+    from .. import __version__
+    from .inspection import TASKS
 
     parser = argparse.ArgumentParser(prog=PROG, description="Partial fine-tuning of Hugging Face models.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -198,7 +198,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from .inspect import merge_options, model_display_name, run_inspection
+    from .inspection import merge_options, model_display_name, run_inspection
 
     model, spec = merge_options(args.model, args.config, _options(args))
     plan, task = run_inspection(model, spec, args.task, args.num_labels, args.plot)

@@ -12,6 +12,13 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ..errors import (
+    LayerStackNotFoundError,
+    NoTrainableParametersError,
+    PatternNotFoundError,
+    SharedLayersError,
+    TiedWeightsConflictError,
+)
 from .discovery import (
     LayerStack,
     ModelStructure,
@@ -19,13 +26,6 @@ from .discovery import (
     find_layer_stacks,
     named_stack_candidates,
     stack_from_path,
-)
-from .errors import (
-    LayerStackNotFoundError,
-    NoTrainableParametersError,
-    PatternNotFoundError,
-    SharedLayersError,
-    TiedWeightsConflictError,
 )
 from .matching import closest_names, compile_pattern, matches
 from .norm_stats import frozen_norm_modules

@@ -12,12 +12,12 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from .plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER
+from ..core.plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .plan import FreezePlan
+    from ..core.plan import FreezePlan
 
 INSTALL_HINT = 'the freeze map needs matplotlib: pip install "hf-freeze[plot]"'
 TRAINABLE_COLOR = "#0072B2"

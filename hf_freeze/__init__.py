@@ -13,6 +13,7 @@ from .errors import (
     PlanMismatchError,
     SharedLayersError,
     TiedWeightsConflictError,
+    UnsavedTrainableError,
 )
 from .matching import compile_pattern, matches
 from .plan import PLAN_FILE, FreezePlan, ParamDecision
@@ -53,6 +54,7 @@ __all__ = [
     "PlanMismatchError",
     "SharedLayersError",
     "TiedWeightsConflictError",
+    "UnsavedTrainableError",
     "compile_pattern",
     "freeze_model",
     "matches",

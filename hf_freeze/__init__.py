@@ -16,6 +16,7 @@ from .errors import (
     PlanMismatchError,
     SharedLayersError,
     TiedWeightsConflictError,
+    UnsavedTrainableError,
 )
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __all__ = [
     "PlanMismatchError",
     "SharedLayersError",
     "TiedWeightsConflictError",
+    "UnsavedTrainableError",
     "compile_pattern",
     "freeze_model",
     "matches",

@@ -44,6 +44,10 @@ class NoTrainableParametersError(FreezeError):
     """The plan leaves nothing to train."""
 
 
+class UnsavedTrainableError(FreezeError):
+    """A PEFT model would train a parameter its adapter does not save (outside the adapter and ``modules_to_save``)."""
+
+
 class PlanMismatchError(FreezeError):
     """A saved plan does not fit the model or options it is applied to."""
 

@@ -5,8 +5,9 @@ Expected values are written out per model (no per-model table exists in the libr
 
 import pytest
 from tiny_models import build
+from torch import nn
 
-from hf_freeze import FreezeSpec, SharedLayersError
+from hf_freeze import FreezeSpec, LayerStackNotFoundError, SharedLayersError
 from hf_freeze.core.discovery import discover
 
 # model: (stacks [(path, num_layers)], embedding prefixes, exact head names, ties)
@@ -188,6 +189,37 @@ def test_layer_stack_can_name_a_module_list_discovery_skipped(models):
     model = get(models, "wav2vec2")
     plan = FreezeSpec(freeze_layers="all", layer_stack="feature_extractor.conv_layers").resolve(model)
     assert set(plan.frozen_names) == {n for n in names(model) if n.startswith("wav2vec2.feature_extractor.")}
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x + self.fc(x)
+
+
+class _SequentialNet(nn.Module):
+    """torchvision/timm style: the blocks live in an nn.Sequential, next to other Sequentials."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+        self.blocks = nn.Sequential(*[_Block() for _ in range(4)])
+        self.head = nn.Linear(4, 2)
+
+
+def test_a_stack_held_in_an_nn_sequential_is_found_and_can_be_named():
+    model = _SequentialNet()
+    blocks_01 = {n for n in names(model) if n.startswith(("blocks.0.", "blocks.1."))}
+    named = FreezeSpec(freeze_layers=":2", layer_stack="blocks").resolve(model)
+    assert set(named.frozen_names) == blocks_01
+    assert {d.layer for d in named.params if d.stack == "blocks"} == {0, 1, 2, 3}
+    found = FreezeSpec(freeze_layers=":2").resolve(model)  # no ModuleList: discovery falls back to Sequentials
+    assert set(found.frozen_names) == blocks_01
+    with pytest.raises(LayerStackNotFoundError, match=r"Candidates: \['stem', 'blocks'\]"):
+        FreezeSpec(freeze_layers=":1", layer_stack="layers").resolve(model)
 
 
 def test_freeze_embeddings_freezes_exactly_the_embedding_block(models):

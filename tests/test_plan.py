@@ -51,6 +51,13 @@ def test_totals_summary_and_table():
     assert "freeze_layers (16)" in table and "train_head (2)" in table
 
 
+def test_table_prints_patterns_as_typed():
+    table = FreezeSpec(freeze=[r"layer\.1"], unfreeze=[r"layer\.1\.output"]).resolve(build("bert")).table()
+    assert "freeze 'layer\\.1': 16 parameter(s)" in table.splitlines()
+    assert "unfreeze 'layer\\.1\\.output': 4 parameter(s)" in table.splitlines()
+    assert "\\\\" not in table
+
+
 def test_json_round_trip_and_save_load(tmp_path):
     model = build("gpt2")
     plan = FreezeSpec(freeze_layers=":2", freeze=["ln_f"]).resolve(model)

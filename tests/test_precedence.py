@@ -1,5 +1,7 @@
 """Precedence (SPEC 3): requires_grad < freeze_embeddings/freeze_layers < freeze < unfreeze < train_head.
 
+train_head protects the head from the freezing rules and never trains what arrived frozen.
+
 One test per pair of levels; each records both the outcome and the rule that decided it.
 """
 
@@ -26,8 +28,13 @@ def freeze_all(m):
     m.requires_grad_(False)
 
 
+def freeze_base(m):
+    m.bert.requires_grad_(False)
+
+
 def test_no_rule_keeps_the_models_own_flags():
-    assert decide(FreezeSpec(), freeze_all, name=L3, model="bert") == (False, "requires_grad")
+    assert decide(FreezeSpec(), freeze_base, name=L3, model="bert") == (False, "requires_grad")
+    assert decide(FreezeSpec(), freeze_base, name=HEAD, model="bert") == (True, "train_head")
     assert decide(FreezeSpec(), name=L3) == (True, "requires_grad")
 
 
@@ -71,9 +78,21 @@ def test_unfreeze_beats_freeze():
     assert decide(FreezeSpec(freeze=["encoder"], unfreeze=["layer.0"])) == (True, "unfreeze:layer.0")
 
 
-def test_train_head_beats_requires_grad():
-    assert decide(FreezeSpec(unfreeze=["layer.0"]), freeze_all, name=HEAD) == (True, "train_head")
+def test_train_head_never_trains_what_arrived_frozen():
+    # train_head protects the head from this plan's freezing rules; a head that arrived frozen (PEFT)
+    # stays frozen unless an unfreeze pattern names it.
+    assert decide(FreezeSpec(unfreeze=["layer.0"]), freeze_all, name=HEAD) == (False, "requires_grad")
     assert decide(FreezeSpec(unfreeze=["layer.0"], train_head=False), freeze_all, name=HEAD) == (
+        False,
+        "requires_grad",
+    )
+
+
+def test_freezing_rules_decide_only_what_arrived_trainable():
+    # An arrived-frozen parameter keeps its own rule, so gradual unfreezing never brings it back.
+    spec = FreezeSpec(freeze_layers=":1", freeze=["output"], unfreeze=["layer.3"])
+    assert decide(spec, freeze_all, name=L0) == (False, "requires_grad")
+    assert decide(FreezeSpec(freeze_embeddings=True, unfreeze=["layer.3"]), freeze_all, name=EMB) == (
         False,
         "requires_grad",
     )
@@ -88,7 +107,9 @@ def test_train_head_beats_freeze():
 
 
 def test_train_head_beats_unfreeze():
-    assert decide(FreezeSpec(unfreeze=["classifier"]), freeze_all, name=HEAD) == (True, "train_head")
+    assert decide(FreezeSpec(freeze=["classifier"], unfreeze=["classifier"]), name=HEAD) == (True, "train_head")
+    # Only unfreeze trains a head that arrived frozen, and it is the rule that decided it.
+    assert decide(FreezeSpec(unfreeze=["classifier"]), freeze_all, name=HEAD) == (True, "unfreeze:classifier")
 
 
 def test_train_head_against_shortcuts_on_a_tied_head_is_reported():

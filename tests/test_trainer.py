@@ -206,6 +206,27 @@ def test_layer_lr_decay_scales_embeddings_and_schedules(tmp_path):
         assert group["lr"] == pytest.approx(0.0)
 
 
+def test_layer_lr_decay_logs_the_base_rate_and_each_group_once(tmp_path):
+    args = args_for(tmp_path, layer_lr_decay=0.5, max_steps=3, lr_scheduler_type="linear")
+    trainer = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData())
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    # the base rate (the head's group), not the embeddings' (first group, 0.5**5 of it)
+    assert [h["learning_rate"] for h in logged] == pytest.approx([1e-2, 1e-2 * 2 / 3, 1e-2 / 3])
+    first, later = logged[0], logged[1:]
+    assert first["learning_rate/head"] == pytest.approx(1e-2)
+    assert first["learning_rate/embeddings"] == pytest.approx(1e-2 * 0.5**5)
+    assert first["learning_rate/bert.encoder.layer.0"] == pytest.approx(1e-2 * 0.5**4)
+    assert not any(key.startswith("learning_rate/") for h in later for key in h)
+
+
+def test_find_unused_parameters_choice_is_logged_only_when_distributed(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="hf_freeze"):
+        FreezingTrainer(model=build("bert"), args=args_for(tmp_path, freeze_layers=1), train_dataset=TokenData())
+    assert "trainable params" in caplog.text  # the plan is logged; the DDP choice is not (one process)
+    assert "ddp_find_unused_parameters" not in caplog.text
+
+
 def test_layer_lr_decay_refuses_a_non_standard_grouping():
     model = nn.Linear(2, 2)
     galore_like = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias], "rank": 4}])

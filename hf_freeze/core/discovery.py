@@ -4,8 +4,10 @@
   looked through); the *head* is every parameter of that model outside its base model, plus the
   parameters of ``get_output_embeddings()``.
 - A *layer stack* is an ``nn.ModuleList`` of blocks of one class under the base model, not nested in
-  another stack's block. Where the config states layer counts (``num_hidden_layers``, ``n_layer``,
-  ``encoder_layers``, ``len(depths)``, ... also in sub-configs), the stacks whose length equals one of
+  another stack's block (an ``nn.Sequential`` of blocks when the model has no such ModuleList, as in
+  torchvision/timm; ``layer_stack`` may name any ModuleList or Sequential). Where the config states
+  layer counts (``num_hidden_layers``, ``n_layer``, ``encoder_layers``, ``len(depths)``, ... also in
+  sub-configs), the stacks whose length equals one of
   them are the main ones; otherwise the stack with the most parameters is. A model may have several
   (encoder and decoder; vision tower and language model).
 - The *embedding block* is what lies outside the stacks and the head and either sits in a module
@@ -61,7 +63,6 @@ class ModelStructure:
     base_prefix: str
     head_names: set[str] = field(default_factory=set)
     embedding_names: set[str] = field(default_factory=set)
-    frozen_by_design: set[str] = field(default_factory=set)
     aliases: dict[str, list[str]] = field(default_factory=dict)
     params: dict[str, nn.Parameter] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
@@ -159,14 +160,21 @@ def _config_layer_counts(config) -> set[int]:
     return counts
 
 
-def _candidate_stacks(root: nn.Module, root_path: str) -> Iterator[tuple[str, nn.ModuleList]]:
-    """``nn.ModuleList``s of one block class, outermost only (a stack inside a block is not listed)."""
+# Indexable containers of blocks. transformers holds its stacks in ModuleLists; torchvision and timm
+# often in an nn.Sequential, which discovery falls back to and ``layer_stack`` may always name.
+STACK_CONTAINERS: tuple[type[nn.Module], ...] = (nn.ModuleList, nn.Sequential)
 
-    def walk(module: nn.Module, path: str) -> Iterator[tuple[str, nn.ModuleList]]:
+
+def _candidate_stacks(
+    root: nn.Module, root_path: str, kinds: tuple[type[nn.Module], ...] = (nn.ModuleList,)
+) -> Iterator[tuple[str, nn.Module]]:
+    """Containers of ``kinds`` holding blocks of one class, outermost only (a stack inside a block is not listed)."""
+
+    def walk(module: nn.Module, path: str) -> Iterator[tuple[str, nn.Module]]:
         for name, child in module.named_children():
             child_path = _join(path, name)
             if (
-                isinstance(child, nn.ModuleList)
+                isinstance(child, kinds)
                 and len(child) > 0
                 and len({type(block) for block in child}) == 1
                 and any(True for _ in child.parameters())
@@ -187,7 +195,9 @@ def find_layer_stacks(model: nn.Module, roots: tuple[str, nn.Module, str] | None
     _, pretrained, base_path = roots or model_roots(model)
     base = model.get_submodule(base_path) if base_path else model
     counts = _config_layer_counts(getattr(pretrained, "config", None))
-    candidates = list(_candidate_stacks(base, base_path))
+    candidates = list(_candidate_stacks(base, base_path)) or list(
+        _candidate_stacks(base, base_path, STACK_CONTAINERS)  # no ModuleList: a Sequential of blocks (timm style)
+    )
     if not candidates:
         return []
     matching = [(p, m) for p, m in candidates if len(m) in counts]
@@ -208,9 +218,11 @@ def _largest(items: list, key):
 
 
 def named_stack_candidates(model: nn.Module) -> list[str]:
-    """Every ModuleList path in the model, for ``layer_stack`` hints and explicit naming."""
+    """Every non-empty ModuleList or Sequential path in the model, for ``layer_stack`` hints and explicit naming."""
     return [
-        path for path, module in model.named_modules() if isinstance(module, nn.ModuleList) and len(module)
+        path
+        for path, module in model.named_modules()
+        if path and isinstance(module, STACK_CONTAINERS) and len(module)
     ]
 
 
@@ -279,9 +291,6 @@ def discover(model: nn.Module, stacks: list[LayerStack] | None = None) -> ModelS
             location, in_head, embedding = classify(owner)
             if in_head:
                 structure.head_names.add(name)
-                # PEFT keeps an unused frozen copy of a head it trains (modules_to_save).
-                if ".original_module." in f".{alias}.":
-                    structure.frozen_by_design.add(name)
             elif location is not None:
                 structure.locations.setdefault(name, location)
             elif embedding or "embed" in leaf.lower():

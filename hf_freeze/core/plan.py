@@ -187,7 +187,7 @@ class FreezePlan:
                 lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 10)
         for option, hits in self.pattern_hits.items():
             for pattern, count in hits.items():
-                lines.append(f"{option} {pattern!r}: {count} parameter(s)")
+                lines.append(f"{option} '{pattern}': {count} parameter(s)")  # as typed: repr doubles backslashes
         for tie in self.ties:
             lines.append("tied: " + " = ".join(tie))
         return "\n".join(lines)

@@ -3,6 +3,12 @@
 Precedence, lowest to highest (each parameter records the rule that decided it):
 ``requires_grad`` (what the model arrived with) < ``freeze_embeddings`` / ``freeze_layers`` <
 ``freeze:<pattern>`` < ``unfreeze:<pattern>`` < ``train_head``.
+
+Rules refine what the model arrived with, never reset it: the freezing rules (shortcuts and
+``freeze`` patterns) decide only parameters that arrived trainable, and ``train_head`` protects the
+head from them but never trains a head parameter that arrived frozen (a PEFT base weight, a head
+PEFT froze). Only an ``unfreeze`` pattern makes an arrived-frozen parameter trainable, and under
+PEFT only where the adapter saves it (:func:`~hf_freeze.adapters.check_saved`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from ..errors import (
     SharedLayersError,
     TiedWeightsConflictError,
 )
+from .adapters import check_saved
 from .discovery import (
     LayerStack,
     ModelStructure,
@@ -52,8 +59,8 @@ def _select_stacks(spec: FreezeSpec, model: nn.Module) -> list[LayerStack] | Non
     chosen = [p for p in chosen if not any(p != q and p.startswith(q + ".") for q in chosen)]
     if not chosen:
         raise LayerStackNotFoundError(
-            f"`layer_stack`={spec.layer_stack!r} matches no nn.ModuleList of {type(model).__name__}. "
-            f"Candidates: {candidates[:10]}."
+            f"`layer_stack`={spec.layer_stack!r} matches no nn.ModuleList or nn.Sequential of "
+            f"{type(model).__name__}. Candidates: {candidates[:10]}."
         )
     found = {s.path: s for s in find_layer_stacks(model)}  # keeps what discovery knows (shared layers)
     return [found.get(p) or stack_from_path(model, p) for p in chosen]
@@ -99,13 +106,14 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
     aliases = structure.aliases
 
     state: dict[str, tuple[bool, str]] = {n: (p.requires_grad, RULE_INITIAL) for n, p in params.items()}
+    arrived_trainable = {n for n, p in params.items() if p.requires_grad}
     if spec.freeze_embeddings:
-        state.update((name, (False, RULE_EMBEDDINGS)) for name in structure.embedding_names)
+        state.update((name, (False, RULE_EMBEDDINGS)) for name in structure.embedding_names & arrived_trainable)
     if frozen_layers:
         state.update(
             (name, (False, RULE_LAYERS))
             for name, (stack, block) in structure.locations.items()
-            if block in frozen_layers.get(stack.path, ())
+            if block in frozen_layers.get(stack.path, ()) and name in arrived_trainable
         )
 
     hits: dict[str, dict[str, int]] = {"freeze": {}, "unfreeze": {}}
@@ -118,7 +126,9 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
                 if search(name) or (len(names) > 1 and any(search(alias) for alias in names))
             ]
             decided = (value, f"{option}:{pattern}")
-            state.update((name, decided) for name in hit)
+            # A freeze pattern over an arrived-frozen parameter decides nothing (it stays "requires_grad"),
+            # so gradual unfreezing, which brings back what the rules froze, never reaches it.
+            state.update((name, decided) for name in hit if value or name in arrived_trainable)
             hits[option][pattern] = len(hit)
             if not hit:
                 message = (
@@ -130,7 +140,8 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
                 logger.warning(message)
 
     if spec.train_head:
-        for name in sorted(structure.head_names - structure.frozen_by_design):
+        # Protects the head from this plan's freezing rules; what arrived frozen only `unfreeze` trains.
+        for name in sorted(structure.head_names & arrived_trainable):
             trainable, rule = state[name]
             tied = aliases[name]
             if len(tied) > 1 and not trainable and rule != RULE_INITIAL:
@@ -177,9 +188,11 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
         rules = sorted({d.rule for d in decisions})
         raise NoTrainableParametersError(
             f"The freeze plan leaves no trainable parameter in {type(model).__name__} (decided by {rules}). "
-            "Loosen `freeze`/`freeze_layers`/`freeze_embeddings`, add an `unfreeze` pattern, or keep "
-            "`train_head`=True on a model with a head."
+            "Loosen `freeze`/`freeze_layers`/`freeze_embeddings`, add an `unfreeze` pattern (the only rule that "
+            "trains what arrived frozen), or keep `train_head`=True on a model whose head arrived trainable."
         )
+    if spec.freezes_anything:
+        check_saved(model, [d.name for d in decisions if d.trainable])
     trainable_map = {d.name: d.trainable for d in decisions}
     return FreezePlan(
         model_class=type(model).__name__,

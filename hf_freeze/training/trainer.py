@@ -23,6 +23,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..core import adapters
 from ..core.plan import PLAN_FILE, FreezePlan
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError, PlanMismatchError
@@ -50,6 +51,9 @@ class FreezingTrainer(Trainer):
         self._unfreeze_events: list[list[str]] = []
         self._resume_stage = 0
         self._plan_logged = True
+        self._unsaved: list[str] = []
+        self._layer_rates = False  # layer_lr_decay split the optimizer groups
+        self._group_rates_logged = False
         if model is not None and args is not None:
             self._resolve_freeze_plan(model, args)
         super().__init__(model, args, *rest, **kwargs)
@@ -81,8 +85,8 @@ class FreezingTrainer(Trainer):
             plan = spec.resolve(model)
             plan.apply(model)
         elif any(not p.requires_grad for p in model.parameters()):
-            try:  # report-only: the plan mirrors requires_grad and is never applied
-                plan = FreezeSpec(freeze_norm_stats=False).resolve(model)
+            try:  # report-only: the plan states exactly what requires_grad says and is never applied
+                plan = FreezeSpec(train_head=False, freeze_norm_stats=False).resolve(model)
             except Exception as err:  # noqa: BLE001 - reporting must never break a plain Trainer run
                 logger.debug(f"No freeze plan recorded for {type(model).__name__}: {err}")
                 plan = None
@@ -92,6 +96,8 @@ class FreezingTrainer(Trainer):
         self._unfreeze_events = []
         if plan is not None and getattr(args, "unfreeze_strategy", "no") != "no":
             self._unfreeze_events = unfreeze_events(plan, args.unfreeze_layers_per_event)
+            adapters.check_saved(model, [name for event in self._unfreeze_events for name in event])
+        self._unsaved = adapters.unsaved_trainable(model, plan.trainable_names) if plan is not None else []
         self._plan_logged = False
         if getattr(self, "accelerator", None) is not None:
             self._log_freeze_plan()
@@ -102,6 +108,12 @@ class FreezingTrainer(Trainer):
             return
         logger.info(self.freeze_plan.summary())
         logger.info("\n" + self.freeze_plan.table())
+        if self._unsaved:  # only without freezing options: with them the plan refused this already
+            logger.warning(
+                f"{len(self._unsaved)} trainable parameter(s) are outside the PEFT adapter and `modules_to_save`, so "
+                f"save_model will not write them and their training will be lost: {self._unsaved[:5]}. Add their "
+                "modules to `modules_to_save` in the PEFT config, or set requires_grad=False on them."
+            )
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
         model = super().call_model_init(trial)
@@ -124,7 +136,8 @@ class FreezingTrainer(Trainer):
         for handler in args.get("kwargs_handlers", []):
             if hasattr(handler, "find_unused_parameters"):
                 handler.find_unused_parameters = find_unused
-        logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
+        if self.args.world_size > 1:  # one process has no DDP wrap, so the choice would only be noise
+            logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
         return args
 
     # transformers 5 renamed gradient_checkpointing* to activation_checkpointing*; read either
@@ -271,6 +284,8 @@ class FreezingTrainer(Trainer):
         decay = getattr(self.args, "layer_lr_decay", 1.0)
         if optim.is_standard_grouping(optimizer, opt_model, self.get_decay_parameter_names(opt_model)):
             names = optim.regroup(optimizer, optim.param_names(opt_model), self.freeze_plan, decay)
+            self._layer_rates = decay != 1.0
+            self._group_rates_logged = False
             for _ in range(self._resume_stage):  # a resumed run rebuilds the groups the events added, in order
                 self.unfreeze_next()
             if self.accelerator.is_main_process:
@@ -284,6 +299,28 @@ class FreezingTrainer(Trainer):
                 "or use a standard one such as adamw_torch."
             )
         return optimizer
+
+    def _get_learning_rate(self) -> float:
+        """With ``layer_lr_decay``, the base rate as scheduled (the head's group), not the first group's
+        (the embeddings', ``decay**(L + 1)`` below it)."""
+        rate = super()._get_learning_rate()
+        base_lrs = getattr(self.lr_scheduler, "base_lrs", None)
+        if not self._layer_rates or not base_lrs or not base_lrs[0]:
+            return rate
+        return rate * self.args.learning_rate / base_lrs[0]
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """With ``layer_lr_decay``, the first training log also holds each group's rate (``learning_rate/<group>``)."""
+        if self._layer_rates and not self._group_rates_logged and "learning_rate" in logs and self.optimizer:
+            self._group_rates_logged = True
+            base_lrs = getattr(self.lr_scheduler, "base_lrs", None) or []
+            for i, group in enumerate(self.optimizer.param_groups):
+                name = str(group.get("name", i)).rpartition("/")[0] or str(group.get("name", i))
+                # the group's scale times the logged base rate: the same step as `learning_rate`
+                scale = base_lrs[i] / self.args.learning_rate if i < len(base_lrs) else None
+                rate = logs["learning_rate"] * scale if scale is not None else group["lr"]
+                logs.setdefault(f"learning_rate/{name}", rate)
+        super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------ save / resume
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

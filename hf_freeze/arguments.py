@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .errors import InvalidOptionError
+from .parsing import ExtendAction
 from .spec import FreezeSpec
 
 UNFREEZE_STRATEGIES = ("no", "steps", "epoch")
@@ -58,12 +59,14 @@ class FreezingTrainingArguments(TrainingArguments):
     freeze: list[str] = field(
         default_factory=list,
         metadata={"help": "Regex patterns of parameters to freeze, matched on whole name segments, e.g. "
-                  "`--freeze embeddings 'encoder.layer.[0-3]'`."},
+                  "`--freeze embeddings 'encoder.layer.[0-3]'`; repeating the flag adds patterns.",
+                  "action": ExtendAction},
     )
     unfreeze: list[str] = field(
         default_factory=list,
         metadata={"help": "Regex patterns of parameters that train whatever the other rules say, e.g. "
-                  "`--unfreeze 'layer.3.output'`."},
+                  "`--unfreeze 'layer.3.output'`; repeating the flag adds patterns.",
+                  "action": ExtendAction},
     )
     freeze_embeddings: bool = field(
         default=False,
@@ -73,7 +76,10 @@ class FreezingTrainingArguments(TrainingArguments):
     freeze_layers: str | None = field(
         default=None,
         metadata={"help": "Layers of the main layer stack to freeze: a count from the bottom, a Python-style "
-                  "slice, a comma list or 'all', e.g. `--freeze_layers :8` (bounds outside the stack are errors)."},
+                  "slice, a comma list or 'all', e.g. `--freeze_layers :8` (bounds outside the stack are errors). "
+                  "A negative slice such as `--freeze_layers -2:` works in the recipes and `hf-freeze inspect`; "
+                  "a plain HfArgumentParser needs `--freeze_layers=-2:` or "
+                  "`hf_freeze.parsing.accept_negative_values(parser)`."},
     )
     layer_stack: str | None = field(
         default=None,

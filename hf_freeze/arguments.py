@@ -9,6 +9,7 @@ field, so ``TrainingArguments.to_dict()``/``to_json_string()`` keep working for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -17,6 +18,9 @@ from .parsing import ExtendAction
 from .spec import FreezeSpec
 
 UNFREEZE_STRATEGIES = ("no", "steps", "epoch")
+# Options outside FreezeSpec that change the optimizer groups or when the trainable set changes: recorded in
+# freeze_plan.json (FreezePlan.trainer_options) and compared on resume, like the spec.
+TRAINER_PLAN_OPTIONS = ("layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event")
 
 
 @dataclass
@@ -170,6 +174,11 @@ class FreezingTrainingArguments(TrainingArguments):
                 f"`unfreeze_strategy`={self.unfreeze_strategy!r} has nothing to unfreeze: set `freeze_layers` "
                 "(and/or `freeze_embeddings`) to say what starts frozen, or set unfreeze_strategy='no'."
             )
+
+    @property
+    def trainer_plan_options(self) -> dict[str, Any]:
+        """The values of :data:`TRAINER_PLAN_OPTIONS`, as saved with the plan."""
+        return {name: getattr(self, name) for name in TRAINER_PLAN_OPTIONS}
 
     @property
     def freezing_enabled(self) -> bool:

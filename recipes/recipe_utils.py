@@ -10,6 +10,7 @@ training starts and before anything is written to ``--output_dir``.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import hashlib
 import inspect
@@ -28,6 +29,7 @@ from transformers import HfArgumentParser, TrainerCallback
 
 from hf_freeze import PLAN_FILE, FreezingTrainingArguments
 from hf_freeze.errors import FreezeError, InvalidOptionError
+from hf_freeze.parsing import accept_negative_values
 
 logger = logging.getLogger("hf_freeze")
 
@@ -118,7 +120,20 @@ RecipeArgs = tuple[ModelArguments, DataArguments, FreezingTrainingArguments]
 
 # --------------------------------------------------------------------------- parsing
 def make_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, FreezingTrainingArguments))
+    """The recipes' parser: the three argument dataclasses, ``--config FILE``, negative layer slices.
+
+    ``--config`` is declared so that ``--help`` lists it; :func:`parse_recipe_args` takes it (and a
+    lone YAML path) out of the arguments before parsing, so it never reaches a dataclass.
+    """
+    parser = HfArgumentParser((ModelArguments, DataArguments, FreezingTrainingArguments))
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="A YAML file whose keys are these flags' names; it gives the defaults and flags override it, e.g. "
+        "`--config recipes/configs/text_classification.yaml` (or the file as first argument).",
+    )
+    return accept_negative_values(parser)
 
 
 def _known_keys() -> set[str]:

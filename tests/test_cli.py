@@ -267,6 +267,20 @@ def test_negative_layer_slice_as_separate_argument(model_dirs, capsys):
     )
 
 
+def test_a_repeated_pattern_flag_keeps_every_value(model_dirs, capsys, tmp_path):
+    repeated = ["--freeze", "embeddings", "--freeze", r"layer\.1", "--unfreeze", "a", "--unfreeze", "b"]
+    code, out, err = run_cli(["inspect", model_dirs["bert"], *repeated, "--no-freeze-strict", "--json"], capsys)
+    assert code == 0, err
+    assert FreezePlan.from_json(out).spec["freeze"] == ["embeddings", r"layer\.1"]
+    assert FreezePlan.from_json(out).spec["unfreeze"] == ["a", "b"]
+    # flags replace the YAML list rather than adding to it
+    recipe = _recipe(tmp_path, {"model_name_or_path": model_dirs["bert"], "freeze": ["pooler"]})
+    code, out, err = run_cli(["inspect", "--config", recipe, "--freeze", "embeddings", "--freeze", "layer.1", "--json"],
+                             capsys)
+    assert code == 0, err
+    assert FreezePlan.from_json(out).spec["freeze"] == ["embeddings", "layer.1"]
+
+
 def test_every_freeze_spec_option_has_a_flag(capsys):
     code, out, _ = run_cli(["inspect", "--help"], capsys)
     assert code == 0

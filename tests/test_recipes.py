@@ -133,6 +133,28 @@ def test_yaml_gives_defaults_and_flags_override(tmp_path):
     assert positional.freeze_layers == ":2"
 
 
+def test_repeated_list_flags_and_a_negative_slice_as_written(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"freeze": ["pooler"], "output_dir": str(tmp_path / "out")}))
+    _, _, args = ru.parse_recipe_args(
+        {}, ["--config", str(config), "--freeze", "embeddings", "--freeze", r"layer\.1", "--freeze_layers", "-2:"]
+    )
+    assert args.freeze == ["embeddings", r"layer\.1"]  # both flags kept; together they replace the YAML list
+    assert args.freeze_layers == "-2:"
+
+
+def test_recipe_help_lists_config_and_negative_slices():
+    import subprocess
+    import sys
+
+    script = os.path.join(ROOT, "recipes", "text_classification.py")
+    env = {**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "--config FILE" in text and "--freeze_layers -2:" in text and "repeating the flag adds" in text
+
+
 def test_unknown_yaml_key_is_an_error_with_a_hint(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("learning_rate: 1.0e-4\nfreeze_layer: ':4'\n")

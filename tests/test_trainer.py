@@ -423,11 +423,92 @@ def test_resume_with_another_plan_errors_before_any_step(tmp_path, caplog):
     with pytest.raises(PlanMismatchError, match=r"freeze_layers: saved ':2', now ':3'.*bert\.encoder\.layer\.2"):
         trainer.train(resume_from_checkpoint=checkpoint)
     assert trainer.state.global_step == 0 and not changed(before, model)
-    # without freezing options the trainer is Trainer: a mismatch is only a warning
-    plain = FreezingTrainer(model=build("bert"), args=_resume_args(tmp_path, "c"), train_dataset=TokenData())
+
+
+@pytest.mark.slow
+def test_resume_with_another_layer_lr_decay_or_no_option_errors_before_any_step(tmp_path):
+    # before: torch's "loaded state dict has a different number of parameter groups", after the plan check passed
+    first = _resume_args(tmp_path, "a", freeze_layers=":2", layer_lr_decay=0.8)
+    first.max_steps = 3
+    FreezingTrainer(model=build("bert"), args=first, train_dataset=TokenData()).train()
+    checkpoint = str(tmp_path / "a" / "checkpoint-3")
+    for name, options, message in [
+        ("b", dict(freeze_layers=":2"), r"layer_lr_decay: saved 0\.8, now 1\.0"),
+        ("c", {}, r"trained with the freezing options \{'freeze_layers': ':2', 'layer_lr_decay': 0\.8\}"),
+    ]:
+        model = build("bert")
+        before = snapshot(model)
+        trainer = FreezingTrainer(model=model, args=_resume_args(tmp_path, name, **options), train_dataset=TokenData())
+        with pytest.raises(PlanMismatchError, match=message):
+            trainer.train(resume_from_checkpoint=checkpoint)
+        assert trainer.state.global_step == 0 and not changed(before, model)
+
+
+# (options the checkpoint was trained with, options of the resuming run, what the error names)
+RESUME_MISMATCHES = [
+    (dict(layer_lr_decay=0.8), dict(layer_lr_decay=0.9), r"layer_lr_decay: saved 0\.8, now 0\.9"),
+    (dict(unfreeze_strategy="steps"), dict(unfreeze_strategy="epoch"), "unfreeze_strategy: saved 'steps', now 'epoch'"),
+    (dict(unfreeze_strategy="steps", unfreeze_steps=2), dict(unfreeze_strategy="steps", unfreeze_steps=3),
+     "unfreeze_steps: saved 2, now 3"),
+    (dict(unfreeze_strategy="steps"), dict(unfreeze_strategy="steps", unfreeze_layers_per_event=2),
+     "unfreeze_layers_per_event: saved 1, now 2"),
+    (dict(layer_stack="encoder.layer"), {}, "layer_stack: saved 'encoder.layer', now None"),
+    (dict(freeze_norm_stats=False), {}, "freeze_norm_stats: saved False, now True"),
+]
+
+
+def _checkpoint_with_plan(tmp_path, **options):
+    """A checkpoint folder holding the freeze_plan.json a run with ``options`` writes (no training needed)."""
+    trainer = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="saved", **options))
+    trainer.freeze_plan.save(tmp_path / "checkpoint-3")
+    return str(tmp_path / "checkpoint-3")
+
+
+@pytest.mark.parametrize("saved,current,message", RESUME_MISMATCHES,
+                         ids=[m[2].split(":")[0] for m in RESUME_MISMATCHES])
+def test_every_option_that_shapes_training_is_compared_on_resume(tmp_path, saved, current, message):
+    # each pair resolves to the same trainable set, so before only the plan hash was compared and these passed
+    base = dict(freeze_layers=":2", freeze_embeddings=True)
+    checkpoint = _checkpoint_with_plan(tmp_path, **base, **saved)
+    trainer = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="now", **base, **current))
+    with pytest.raises(PlanMismatchError, match=message):
+        trainer._check_checkpoint_plan(checkpoint)
+    again = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="same", **base, **saved))
+    again._check_checkpoint_plan(checkpoint)  # the same options resume
+
+
+def test_resume_checks_between_plain_and_planned_runs(tmp_path, caplog):
+    checkpoint = _checkpoint_with_plan(tmp_path, freeze_layers=":2")
+    plain = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="plain"))
+    expected = r"trained with the freezing options \{'freeze_layers': ':2'\}.*sets none"
+    with pytest.raises(PlanMismatchError, match=expected):
+        plain._check_checkpoint_plan(checkpoint)  # before: a warning, then torch's parameter-group error
+    (tmp_path / "plain-checkpoint").mkdir()
+    plain._check_checkpoint_plan(str(tmp_path / "plain-checkpoint"))  # a plain run over a plain checkpoint: Trainer
+    decayed = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="decay", layer_lr_decay=0.9))
+    with pytest.raises(PlanMismatchError, match=r"no freeze_plan.json.*'layer_lr_decay': 0\.9"):
+        decayed._check_checkpoint_plan(str(tmp_path / "plain-checkpoint"))
+    lenient = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="lenient", freeze_layers=":2",
+                                                                  freeze_strict=False))
+    lenient._check_checkpoint_plan(checkpoint)  # freeze_strict changes nothing that trains
+
+
+def test_a_plan_file_without_trainer_options_still_resumes_with_a_warning(tmp_path, caplog):
+    checkpoint = _checkpoint_with_plan(tmp_path, freeze_layers=":2")
+    path = os.path.join(checkpoint, PLAN_FILE)
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    del data["trainer_options"]  # as written before the trainer options were recorded
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    assert FreezePlan.load(path).trainer_options is None
+    trainer = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="now", freeze_layers=":2"))
     with caplog.at_level(logging.WARNING, logger="hf_freeze"):
-        plain._check_checkpoint_plan(checkpoint)
-    assert "freezes nothing" in caplog.text
+        trainer._check_checkpoint_plan(checkpoint)
+    assert "cannot be checked" in caplog.text and "layer_lr_decay" in caplog.text
+    other = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="other", freeze_layers=":3"))
+    with pytest.raises(PlanMismatchError, match="freeze_layers: saved ':2', now ':3'"):
+        other._check_checkpoint_plan(checkpoint)
 
 
 def test_resume_a_plain_checkpoint_with_freezing_errors(tmp_path):

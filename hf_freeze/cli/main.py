@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.spec import FreezeSpec
 from ..errors import FreezeError
+from ..parsing import ExtendAction, accept_negative_values
 
 if TYPE_CHECKING:
     from ..core.plan import FreezePlan
@@ -68,7 +69,13 @@ def _add_freeze_options(parser: argparse.ArgumentParser) -> None:
         default = spec_field.default if spec_field.default is not MISSING else spec_field.default_factory()
         if isinstance(default, list):
             group.add_argument(
-                *flags, dest=name, nargs="+", metavar="PAT", default=argparse.SUPPRESS, help=help_text
+                *flags,
+                dest=name,
+                nargs="+",
+                action=ExtendAction,
+                metavar="PAT",
+                default=argparse.SUPPRESS,
+                help=f"{help_text}; repeating the flag adds patterns",
             )
         elif isinstance(default, bool):
             group.add_argument(
@@ -142,7 +149,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--plot", metavar="FILE.png", help="draw the freeze map (needs hf-freeze[plot])")
     _add_freeze_options(inspect)
-    return parser
+    accept_negative_values(inspect)  # --freeze-layers -2:
+    return accept_negative_values(parser)
 
 
 def _parameter_lines(plan: FreezePlan) -> list[str]:
@@ -215,27 +223,10 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
-def _attach_negative_values(argv: list[str]) -> list[str]:
-    """``--freeze-layers -2:`` -> ``--freeze-layers=-2:``: argparse takes ``-2:`` for an option otherwise."""
-    out: list[str] = []
-    for arg in argv:
-        if (
-            out
-            and out[-1] in ("--freeze-layers", "--freeze_layers")
-            and arg.startswith("-")
-            and arg[1:2] != "-"
-        ):
-            out[-1] = f"{out[-1]}={arg}"
-        else:
-            out.append(arg)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hf-freeze`` console script; returns the exit code."""
     parser = make_parser()
-    argv = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
-    args = parser.parse_args(argv)  # usage errors exit 2 here, argparse style
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))  # usage errors exit 2 here, argparse style
     # Warnings (a pattern without hits under freeze_strict=False) go to stderr for the run only.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))

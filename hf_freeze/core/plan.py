@@ -56,6 +56,9 @@ class FreezePlan:
     stacks: list[dict[str, Any]]
     frozen_norms: list[str] = field(default_factory=list)
     stage: int = 0
+    # Trainer options that shape the optimizer groups and the unfreeze schedule (layer_lr_decay, unfreeze_*),
+    # recorded by FreezingTrainer so a resume can compare them; None: not recorded (the core, older files).
+    trainer_options: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- totals
     @property

@@ -9,13 +9,18 @@ field, so ``TrainingArguments.to_dict()``/``to_json_string()`` keep working for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
+from ..parsing import ExtendAction
 
 UNFREEZE_STRATEGIES = ("no", "steps", "epoch")
+# Options outside FreezeSpec that change the optimizer groups or when the trainable set changes: recorded in
+# freeze_plan.json (FreezePlan.trainer_options) and compared on resume, like the spec.
+TRAINER_PLAN_OPTIONS = ("layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event")
 
 
 @dataclass
@@ -58,12 +63,14 @@ class FreezingTrainingArguments(TrainingArguments):
     freeze: list[str] = field(
         default_factory=list,
         metadata={"help": "Regex patterns of parameters to freeze, matched on whole name segments, e.g. "
-                  "`--freeze embeddings 'encoder.layer.[0-3]'`."},
+                  "`--freeze embeddings 'encoder.layer.[0-3]'`; repeating the flag adds patterns.",
+                  "action": ExtendAction},
     )
     unfreeze: list[str] = field(
         default_factory=list,
         metadata={"help": "Regex patterns of parameters that train whatever the other rules say, e.g. "
-                  "`--unfreeze 'layer.3.output'`."},
+                  "`--unfreeze 'layer.3.output'`; repeating the flag adds patterns.",
+                  "action": ExtendAction},
     )
     freeze_embeddings: bool = field(
         default=False,
@@ -73,7 +80,10 @@ class FreezingTrainingArguments(TrainingArguments):
     freeze_layers: str | None = field(
         default=None,
         metadata={"help": "Layers of the main layer stack to freeze: a count from the bottom, a Python-style "
-                  "slice, a comma list or 'all', e.g. `--freeze_layers :8` (bounds outside the stack are errors)."},
+                  "slice, a comma list or 'all', e.g. `--freeze_layers :8` (bounds outside the stack are errors). "
+                  "A negative slice such as `--freeze_layers -2:` works in the recipes and `hf-freeze inspect`; "
+                  "a plain HfArgumentParser needs `--freeze_layers=-2:` or "
+                  "`hf_freeze.parsing.accept_negative_values(parser)`."},
     )
     layer_stack: str | None = field(
         default=None,
@@ -164,6 +174,11 @@ class FreezingTrainingArguments(TrainingArguments):
                 f"`unfreeze_strategy`={self.unfreeze_strategy!r} has nothing to unfreeze: set `freeze_layers` "
                 "(and/or `freeze_embeddings`) to say what starts frozen, or set unfreeze_strategy='no'."
             )
+
+    @property
+    def trainer_plan_options(self) -> dict[str, Any]:
+        """The values of :data:`TRAINER_PLAN_OPTIONS`, as saved with the plan."""
+        return {name: getattr(self, name) for name in TRAINER_PLAN_OPTIONS}
 
     @property
     def freezing_enabled(self) -> bool:

@@ -26,9 +26,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..core import adapters
 from ..core.plan import PLAN_FILE, FreezePlan
 from ..core.spec import FreezeSpec
-from ..errors import InvalidOptionError, PlanMismatchError
+from ..errors import InvalidOptionError
 from . import backend
 from . import param_groups as optim
+from .resume import check_resume, set_options
 from .unfreezing import RULE_UNFREEZE, GradualUnfreezeCallback, advance, unfreeze_events
 
 logger = logging.getLogger("hf_freeze")
@@ -83,6 +84,7 @@ class FreezingTrainer(Trainer):
         spec: FreezeSpec | None = getattr(args, "freeze_spec", None)
         if spec is not None and getattr(args, "freezing_enabled", False):
             plan = spec.resolve(model)
+            plan.trainer_options = args.trainer_plan_options  # saved with the plan, compared on resume
             plan.apply(model)
         elif any(not p.requires_grad for p in model.parameters()):
             try:  # report-only: the plan states exactly what requires_grad says and is never applied
@@ -340,46 +342,19 @@ class FreezingTrainer(Trainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _check_checkpoint_plan(self, checkpoint: str) -> None:
-        """The checkpoint's ``freeze_plan.json`` must describe this model and these options.
+        """The checkpoint's ``freeze_plan.json`` must match this model and these options (:mod:`.resume`).
 
-        Without a freezing option a mismatch is only a warning: the run must behave as ``Trainer``.
+        A plain run over a plain checkpoint passes untouched (``Trainer``); any other difference raises.
         """
-        try:
-            self._compare_checkpoint_plan(checkpoint)
-        except PlanMismatchError as err:
-            if self.freezing_active:
-                raise
-            logger.warning(str(err))
-
-    def _compare_checkpoint_plan(self, checkpoint: str) -> None:
         current = self.freeze_plan if self._writes_plan() else None
         path = os.path.join(checkpoint, PLAN_FILE)
-        if not os.path.isfile(path):
-            if current is not None and current.frozen_names:
-                raise PlanMismatchError(
-                    f"The checkpoint {checkpoint!r} has no {PLAN_FILE} (it was not trained with these freezing "
-                    f"options), but this run freezes {len(current.frozen_names)} parameter(s). Resume with the "
-                    "options it was trained with, or start a new run from its weights instead of resuming."
-                )
-            return
-        saved = FreezePlan.load(path)
-        if current is not None and saved.stage and self._unfreeze_events:
+        saved = FreezePlan.load(path) if os.path.isfile(path) else None
+        if current is not None and saved is not None and saved.stage and self._unfreeze_events:
             current = advance(current, self._unfreeze_events, saved.stage)
-        if current is None:
-            if saved.frozen_names:
-                raise PlanMismatchError(
-                    f"The checkpoint {checkpoint!r} was trained with {len(saved.frozen_names)} frozen parameter(s) "
-                    f"(spec {_set_options(saved.spec)}) but this run freezes nothing. Pass the same freezing "
-                    "options to resume it."
-                )
-            return
-        if saved.plan_hash != current.plan_hash or saved.stage != current.stage:
-            raise PlanMismatchError(
-                f"The freeze plan saved in {checkpoint!r} does not match this model and options: "
-                + describe_plan_difference(saved, current)
-                + ". Resume with the options the checkpoint was trained with."
-            )
-        self._resume_stage = saved.stage
+        for warning in check_resume(checkpoint, saved, current):
+            if self.accelerator.is_main_process:
+                logger.warning(warning)
+        self._resume_stage = saved.stage if saved is not None and current is not None else 0
 
     # ------------------------------------------------------------------ model card
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
@@ -397,39 +372,9 @@ class FreezingTrainer(Trainer):
             handle.write("\n" + model_card_section(self.freeze_plan))
 
 
-def _set_options(spec: dict[str, Any]) -> dict[str, Any]:
-    defaults = FreezeSpec().to_dict()
-    return {k: v for k, v in spec.items() if defaults.get(k) != v}
-
-
-def describe_plan_difference(saved: FreezePlan, current: FreezePlan) -> str:
-    """What differs between two plans, for an error message: options, parameters, trainable flags."""
-    parts = []
-    changed = {k for k in set(saved.spec) | set(current.spec) if saved.spec.get(k) != current.spec.get(k)}
-    if changed:
-        diffs = [f"{k}: saved {saved.spec.get(k)!r}, now {current.spec.get(k)!r}" for k in sorted(changed)]
-        parts.append("options " + ", ".join(diffs))
-    saved_flags = {p.name: p.trainable for p in saved.params}
-    now_flags = {p.name: p.trainable for p in current.params}
-    missing, extra = sorted(set(saved_flags) - set(now_flags)), sorted(set(now_flags) - set(saved_flags))
-    if missing:
-        parts.append(f"{len(missing)} saved parameter(s) not in the model (e.g. {missing[:3]})")
-    if extra:
-        parts.append(f"{len(extra)} model parameter(s) not in the saved plan (e.g. {extra[:3]})")
-    flipped = sorted(n for n in set(saved_flags) & set(now_flags) if saved_flags[n] != now_flags[n])
-    if flipped:
-        examples = ", ".join(f"{n} (saved {'trainable' if saved_flags[n] else 'frozen'})" for n in flipped[:3])
-        parts.append(f"{len(flipped)} parameter(s) with another trainable flag, e.g. {examples}")
-    if saved.stage != current.stage:
-        parts.append(f"gradual-unfreezing stage saved {saved.stage}, possible now {current.stage}")
-    if not parts:
-        parts.append(f"plan hash saved {saved.plan_hash}, now {current.plan_hash} (shapes differ)")
-    return "; ".join(parts)
-
-
 def model_card_section(plan: FreezePlan) -> str:
     """Markdown for the model card: what was frozen and how to reproduce it."""
-    options = _set_options(plan.spec)
+    options = set_options(plan)
     return (
         f"{MODEL_CARD_HEADING}\n\n"
         f"Only part of the model was trained. {plan.summary()}\n\n"

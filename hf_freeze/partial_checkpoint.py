@@ -38,6 +38,7 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import torch
@@ -87,15 +88,18 @@ class Fingerprint:
 
     Cost and what it misses: per tensor it hashes the shape, the dtype, :data:`SAMPLED_ELEMENTS`
     (4096) evenly spaced elements and the first and last :data:`EDGE_BYTES` (256) bytes; tensors
-    of at most 4096 elements (biases, norms) are hashed whole. The cost is a fixed ~5 KB gather per
-    tensor whatever its size: measured on 2 CPU cores, 1.07 GB of frozen float32 weights in 64
-    tensors take about 6 ms, and 1,000 tensors (a 70B Llama has 723) about 60 ms, so it is computed
-    once per run. Another base model (another seed, another fine-tune, another dtype, a different
-    shape) differs in nearly every element and is caught with certainty. A change confined to
-    unsampled elements is not: a random edit of k elements of an n-element tensor is caught with
-    probability about ``1 - (1 - 4096/n)**k``; one edited row of a 128k x 8k embedding (k = 8192
-    contiguous elements out of 1.05e9, 1 sample per 256k elements) is caught about 3% of the time.
-    Hashing every byte would read the whole model (seconds per 10 GB on CPU) at every resume.
+    of at most 4096 elements (biases, norms) are hashed whole. The cost is a fixed ~17 KB gather and
+    hash per tensor whatever its size. Measured on the project's 2-core CPU machine (busy, load 6-8):
+    1.07 GB of frozen float32 weights in 64 tensors take 40-50 ms; 1,000 tensors take 0.36 s, so a
+    70B Llama (723 tensors) costs about 0.3 s, once per run. Hashing every byte instead would take
+    3.5 s per GB here (8 minutes for 140 GB of bf16 weights) at every resume.
+
+    Another base model (another seed, another fine-tune, another dtype or shape) differs in nearly
+    every element and is caught (all 4096 sampled values would have to coincide). A change confined
+    to unsampled elements is not: a random edit of k elements of an n-element tensor is caught with
+    probability about
+    ``1 - (1 - 4096/n)**k``; one edited row of a 128k x 8k embedding (8,192 contiguous elements out
+    of 1.05e9, one sample every 256k elements) is caught about 3% of the time.
 
     The digest is stable across processes, runs and devices: sampled positions are integer
     arithmetic on the element count, bytes are hashed with SHA-256, nothing depends on memory
@@ -114,7 +118,7 @@ class Fingerprint:
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """One SHA-256 over the sampling settings and every tensor's line, in order."""
         digest = hashlib.sha256(f"samples={self.samples};edge_bytes={self.edge_bytes}\n".encode())
@@ -254,19 +258,22 @@ def _model_state(model: nn.Module, frozen_norms: Iterable[str] = ()) -> _ModelSt
     return _ModelState(params, buffers, trained, lookup)
 
 
+def _frozen_names(state: _ModelState, plan: FreezePlan) -> list[str]:
+    trained = set(state.trained_buffers)
+    return plan.frozen_names + [name for name in state.buffers if name not in trained]
+
+
 def frozen_tensor_names(model: nn.Module, plan: FreezePlan) -> list[str]:
     """What a partial checkpoint of ``model`` under ``plan`` leaves out, so what the fingerprint covers:
     the frozen parameters and every persistent buffer that does not change in training."""
-    state = _model_state(model, plan.frozen_norms)
-    trained = set(state.trained_buffers)
-    return plan.frozen_names + [name for name in state.buffers if name not in trained]
+    return _frozen_names(_model_state(model, plan.frozen_norms), plan)
 
 
 def fingerprint_frozen(model: nn.Module, plan: FreezePlan) -> Fingerprint:
     """The fingerprint of what ``plan`` freezes in ``model``; compute it once per run and pass it to
     every :func:`save_trainable_state` (the frozen weights do not change while training)."""
     state = _model_state(model, plan.frozen_norms)
-    return fingerprint_tensors((name, state.tensor(name)) for name in frozen_tensor_names(model, plan))
+    return fingerprint_tensors((name, state.tensor(name)) for name in _frozen_names(state, plan))
 
 
 # ---------------------------------------------------------------------------------- save
@@ -301,7 +308,7 @@ def save_trainable_state(
     """
     state = _model_state(model, plan.frozen_norms)
     plan.check_fits(model, state.params)
-    frozen = frozen_tensor_names(model, plan)
+    frozen = _frozen_names(state, plan)
     if fingerprint is None:
         fingerprint = fingerprint_tensors((name, state.tensor(name)) for name in frozen)
     else:
@@ -355,6 +362,18 @@ def is_partial_checkpoint(directory: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(directory, MANIFEST_FILE))
 
 
+_MANIFEST_KEYS = (
+    "version",
+    "model_class",
+    "stage",
+    "state_file",
+    "state_bytes",
+    "parameters",
+    "buffers",
+    "fingerprint",
+)
+
+
 def _read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.isfile(path):
@@ -370,6 +389,11 @@ def _read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise PartialCheckpointError(f"{path} cannot be read ({error}); use an intact copy of the checkpoint") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PartialCheckpointError(f"{path} is not an hf-freeze partial-checkpoint manifest (format {FORMAT!r})")
+    missing = [key for key in _MANIFEST_KEYS if key not in manifest]
+    if missing or os.path.basename(str(manifest.get("state_file"))) != manifest.get("state_file"):
+        raise PartialCheckpointError(
+            f"{path} lacks {missing or ['a plain state_file name']}: it was edited or corrupted. Use an intact copy."
+        )
     if manifest.get("version", 0) > FORMAT_VERSION:
         raise PartialCheckpointError(
             f"{path} has format version {manifest['version']}; this hf-freeze reads up to {FORMAT_VERSION}. "
@@ -421,7 +445,15 @@ def load_trainable_state(model: nn.Module, directory: str | os.PathLike, plan: F
     which later :func:`save_trainable_state` calls can reuse.
     """
     manifest = _read_manifest(directory)
-    saved = Fingerprint.from_dict(manifest["fingerprint"])
+    try:
+        saved = Fingerprint.from_dict(manifest["fingerprint"])
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, PartialCheckpointError):
+            raise
+        raise PartialCheckpointError(
+            f"The fingerprint in {os.path.join(directory, MANIFEST_FILE)} is malformed ({error!r}): the file was "
+            "edited or corrupted. Use an intact copy of the checkpoint."
+        ) from None
     with _open_state(directory, manifest, saved) as handle:
         return _check_and_copy(model, handle, manifest, saved, plan, os.fspath(directory))
 

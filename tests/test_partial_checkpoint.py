@@ -219,6 +219,19 @@ def test_corrupt_state_file_of_the_right_size(trained, tmp_path):
         load_trainable_state(fresh_base(name, plan), folder)
 
 
+def test_truncated_or_edited_manifest(trained, tmp_path):
+    name, _, plan, directory = trained
+    folder = copy_of(directory, tmp_path)
+    path = folder / MANIFEST_FILE
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(PartialCheckpointError, match="cannot be read"):
+        load_trainable_state(fresh_base(name, plan), folder)
+    path.write_text(text.replace('"state_bytes"', '"state_size"'))
+    with pytest.raises(PartialCheckpointError, match="lacks"):
+        load_trainable_state(fresh_base(name, plan), folder)
+
+
 @pytest.mark.parametrize("missing", [STATE_FILE, MANIFEST_FILE, "folder"])
 def test_missing_file(trained, tmp_path, missing):
     name, _, plan, directory = trained

@@ -237,6 +237,13 @@ class _ModelState:
         return self.params.get(canonical, self.buffers.get(canonical))
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel/DataParallel wrappers, whose names the plan uses."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
 def _model_state(model: nn.Module, frozen_norms: Iterable[str] = ()) -> _ModelState:
     modules, params, aliases = index_model(model)
     lookup = {alias: name for name, names in aliases.items() for alias in names}
@@ -300,12 +307,14 @@ def save_trainable_state(
 ) -> PartialCheckpointFiles:
     """Write what trains under ``plan`` (and the norm statistics it lets change) into ``directory``.
 
-    ``model`` is the unwrapped model the plan was resolved for (not a DDP wrapper). ``fingerprint`` is
-    the one :func:`fingerprint_frozen` computed at the start of the run (restricted here to what is
-    frozen now, so it stays valid under gradual unfreezing); without it, it is computed. Files are
-    written under a temporary name and renamed, the manifest last, so a crash never leaves a
-    truncated file under the final name. Call it on one process only (rank 0).
+    ``model`` is the model the plan was resolved for (a DDP/DataParallel wrapper is looked through;
+    unwrap other wrappers first). ``fingerprint`` is the one :func:`fingerprint_frozen` computed at the
+    start of the run (restricted here to what is frozen now, so it stays valid under gradual
+    unfreezing); without it, it is computed. Files are written under a temporary name and renamed, the
+    manifest last, so a crash never leaves a truncated file under the final name. Call it on one
+    process only (rank 0). Returns the paths written.
     """
+    model = unwrap(model)
     state = _model_state(model, plan.frozen_norms)
     plan.check_fits(model, state.params)
     frozen = _frozen_names(state, plan)
@@ -455,7 +464,7 @@ def load_trainable_state(model: nn.Module, directory: str | os.PathLike, plan: F
             "edited or corrupted. Use an intact copy of the checkpoint."
         ) from None
     with _open_state(directory, manifest, saved) as handle:
-        return _check_and_copy(model, handle, manifest, saved, plan, os.fspath(directory))
+        return _check_and_copy(unwrap(model), handle, manifest, saved, plan, os.fspath(directory))
 
 
 def _check_and_copy(

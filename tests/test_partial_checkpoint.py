@@ -316,5 +316,19 @@ def test_sharded_or_meta_weights_are_refused(tmp_path):
         save_trainable_state(model, plan, tmp_path)
 
 
+def test_peft_adapter_and_data_parallel_wrapper_round_trip(tmp_path):
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    torch.manual_seed(3)  # the adapter's own initialisation: what the checkpoint must carry
+    model = peft.get_peft_model(make("llama"), config)
+    plan = freeze_model(model, train_head=False)
+    assert plan.trainable_names and all(".lora_" in n for n in plan.trainable_names)
+    save_trainable_state(torch.nn.DataParallel(model), plan, tmp_path)
+    torch.manual_seed(4)
+    restored = peft.get_peft_model(make("llama"), config)
+    load_trainable_state(restored, tmp_path, plan=plan)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))
+
+
 def test_errors_are_value_errors():
     assert issubclass(PartialCheckpointError, ValueError)

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
+from hf_freeze.plan import PLAN_FILE
 
 from hf_freeze import PlanMismatchError, freeze_model
-from hf_freeze.partial_checkpoint import (
+from hf_freeze.core.partial_checkpoint import (
     EDGE_BYTES,
     MANIFEST_FILE,
     SAMPLED_ELEMENTS,
@@ -25,7 +26,6 @@ from hf_freeze.partial_checkpoint import (
     rebuild_trained_model,
     save_trainable_state,
 )
-from hf_freeze.plan import PLAN_FILE
 
 # Big enough that tensor bytes dominate the safetensors header (the size target is +1%), small
 # enough to train in well under a second.

@@ -46,8 +46,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..errors import FreezeError, PlanMismatchError
 from .discovery import index_model
-from .errors import FreezeError, PlanMismatchError
 from .norm_stats import has_running_stats
 from .plan import PLAN_FILE, FreezePlan
 

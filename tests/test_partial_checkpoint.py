@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from hf_freeze.plan import PLAN_FILE
 
-from hf_freeze import PlanMismatchError, freeze_model
+from hf_freeze import PLAN_FILE, PlanMismatchError, freeze_model
 from hf_freeze.core.partial_checkpoint import (
     EDGE_BYTES,
     MANIFEST_FILE,

@@ -13,11 +13,11 @@ import re
 
 import pytest
 import torch
-from hf_freeze.unfreeze import unfreeze_events
 from tiny_models import build
 
 from hf_freeze import FreezeSpec, FreezingTrainer, FreezingTrainingArguments, UnsavedTrainableError, freeze_model
 from hf_freeze.core.adapters import peft_saved_names, unsaved_trainable
+from hf_freeze.training.unfreezing import unfreeze_events
 
 peft = pytest.importorskip("peft")
 

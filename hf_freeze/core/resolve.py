@@ -8,7 +8,7 @@ Rules refine what the model arrived with, never reset it: the freezing rules (sh
 ``freeze`` patterns) decide only parameters that arrived trainable, and ``train_head`` protects the
 head from them but never trains a head parameter that arrived frozen (a PEFT base weight, a head
 PEFT froze). Only an ``unfreeze`` pattern makes an arrived-frozen parameter trainable, and under
-PEFT only where the adapter saves it (:func:`~hf_freeze.adapters.check_saved`).
+PEFT only where the adapter saves it (:func:`~hf_freeze.core.adapters.check_saved`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A resumed run must rebuild the optimizer the checkpoint's state belongs to, so every option that
 changes the trainable set or the optimizer groups has to be the same: the ``FreezeSpec`` options,
-the trainer options of :data:`~hf_freeze.arguments.TRAINER_PLAN_OPTIONS`, and their results (the
+the trainer options of :data:`~hf_freeze.training.arguments.TRAINER_PLAN_OPTIONS`, and their results (the
 resolved trainable set, the frozen norm layers, the unfreeze stage). A difference is a
 :class:`PlanMismatchError` that names the option with its saved and current values, raised before any
 step (otherwise torch fails later with "a different number of parameter groups", or training goes

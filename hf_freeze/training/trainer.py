@@ -206,7 +206,7 @@ class FreezingTrainer(Trainer):
     def unfreeze_next(self) -> list[str]:
         """Unfreeze the next event's parameters, add them to the optimizer and the LR schedule; returns their names.
 
-        Called by :class:`~hf_freeze.unfreeze.GradualUnfreezeCallback`; a no-op once everything is unfrozen.
+        Called by :class:`~hf_freeze.training.unfreezing.GradualUnfreezeCallback`; a no-op once everything is unfrozen.
         """
         stage = self.freeze_plan.stage
         if stage >= len(self._unfreeze_events):

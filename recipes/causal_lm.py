@@ -22,21 +22,27 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from itertools import chain
 
-import recipe_utils as ru
 from demo_data import review_corpus
+from recipe_args import parse_recipe_args
+from recipe_data import load_raw_datasets, require_columns
+from recipe_models import apply_config_overrides, default_minilm_path, disable_unused_loss_kwargs, resolve_model_path
+from recipe_run import check_output_dir, run, setup_logging, train_evaluate_report
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    TrainerCallback,
     default_data_collator,
     set_seed,
 )
 
 from hf_freeze import FreezingTrainer
+from hf_freeze.errors import InvalidOptionError
 
 DEFAULTS = {
     "output_dir": "outputs/causal_lm",
@@ -72,31 +78,32 @@ def tiny_llama(tokenizer, max_length: int) -> LlamaConfig:
     )
 
 
-def main(args: list[str] | None = None) -> dict[str, float]:
+def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
+    """Run the recipe on ``args`` (default: the command line); ``callbacks`` join the trainer's."""
     started = time.time()
-    model_args, data_args, training_args = ru.parse_recipe_args(DEFAULTS, args)
-    ru.setup_logging(training_args)
-    ru.check_output_dir(training_args, data_args)
-    model_path = ru.resolve_model_path(model_args.model_name_or_path, None)
-    tokenizer_path = ru.resolve_model_path(model_args.tokenizer_name, None, "tokenizer_name") or model_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or ru.default_minilm_path())
+    model_args, data_args, training_args = parse_recipe_args(DEFAULTS, args)
+    setup_logging(training_args)
+    check_output_dir(training_args, data_args)
+    model_path = resolve_model_path(model_args.model_name_or_path, None)
+    tokenizer_path = resolve_model_path(model_args.tokenizer_name, None, "tokenizer_name") or model_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or default_minilm_path())
 
-    raw = ru.load_raw_datasets(data_args, default=default_corpus, seed=training_args.seed,
-                               file_types=(".txt", ".csv", ".json", ".jsonl"))
+    raw = load_raw_datasets(data_args, default=default_corpus, seed=training_args.seed,
+                            file_types=(".txt", ".csv", ".json", ".jsonl"))
     for split in raw.values():
-        ru.require_columns(split, text_column=data_args.text_column)
+        require_columns(split, text_column=data_args.text_column)
 
     if model_path is None:
         config = tiny_llama(tokenizer, data_args.max_length)
     else:
         config = AutoConfig.from_pretrained(model_path)
-    ru.apply_config_overrides(config, model_args.config_overrides)
+    apply_config_overrides(config, model_args.config_overrides)
     set_seed(training_args.seed)
     if model_path is None:
         model = LlamaForCausalLM(config)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path, config=config)
-    ru.disable_unused_loss_kwargs(model)
+    disable_unused_loss_kwargs(model)
 
     block = data_args.max_length
 
@@ -111,8 +118,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         data = raw.map(tokenize_and_group, batched=True, batch_size=1000, remove_columns=raw["train"].column_names)
     for name in ("train", "validation"):
         if len(data[name]) == 0:
-            raise ru.InvalidOptionError(f"`max_length`={block}: the {name} split has fewer tokens than one block; "
-                                        "lower --max_length or give more text.")
+            raise InvalidOptionError(f"`max_length`={block}: the {name} split has fewer tokens than one block; "
+                                 "lower --max_length or give more text.")
 
     trainer = FreezingTrainer(
         model=model,
@@ -121,13 +128,13 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        callbacks=ru.recipe_callbacks(),
+        callbacks=list(callbacks),
     )
-    return ru.train_evaluate_report(
+    return train_evaluate_report(
         trainer, tokenizer, "causal_lm", started, ["eval_loss", "perplexity", "train_loss"],
         extra_eval=lambda m: {"perplexity": math.exp(min(m["eval_loss"], 50.0))},
     )
 
 
 if __name__ == "__main__":
-    ru.run(main)
+    run(main)

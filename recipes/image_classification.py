@@ -22,15 +22,21 @@ Usage (copy-paste):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
-import recipe_utils as ru
 import torch
+from recipe_args import parse_recipe_args
+from recipe_data import label_names, label_to_id_fn, load_raw_datasets, require_columns
+from recipe_metrics import accuracy_from_logits
+from recipe_models import apply_config_overrides, disable_unused_loss_kwargs, resolve_model_path
+from recipe_run import check_output_dir, run, setup_logging, train_evaluate_report
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
     ResNetConfig,
     ResNetForImageClassification,
+    TrainerCallback,
     default_data_collator,
     set_seed,
 )
@@ -78,34 +84,35 @@ def small_resnet(names: list[str]) -> ResNetConfig:
                         label2id={n: i for i, n in enumerate(names)})
 
 
-def main(args: list[str] | None = None) -> dict[str, float]:
+def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
+    """Run the recipe on ``args`` (default: the command line); ``callbacks`` join the trainer's."""
     started = time.time()
-    model_args, data_args, training_args = ru.parse_recipe_args(DEFAULTS, args)
-    ru.setup_logging(training_args)
-    ru.check_output_dir(training_args, data_args)
-    model_path = ru.resolve_model_path(model_args.model_name_or_path, None)
+    model_args, data_args, training_args = parse_recipe_args(DEFAULTS, args)
+    setup_logging(training_args)
+    check_output_dir(training_args, data_args)
+    model_path = resolve_model_path(model_args.model_name_or_path, None)
 
-    raw = ru.load_raw_datasets(data_args, default=digits_dataset, seed=training_args.seed)
+    raw = load_raw_datasets(data_args, default=digits_dataset, seed=training_args.seed)
     image, label = data_args.image_column, data_args.label_column
     generated = "pixel_values" in raw["train"].column_names
     for split in raw.values():
-        ru.require_columns(split, label_column=label, image_column=None if generated else image)
-    names = ru.label_names(raw, label)
-    to_id = ru.label_to_id_fn(raw, label, names)
+        require_columns(split, label_column=label, image_column=None if generated else image)
+    names = label_names(raw, label)
+    to_id = label_to_id_fn(raw, label, names)
 
     if model_path is None:
         config = small_resnet(names)
     else:
         config = AutoConfig.from_pretrained(model_path, num_labels=len(names), id2label=dict(enumerate(names)),
                                             label2id={n: i for i, n in enumerate(names)})
-    ru.apply_config_overrides(config, model_args.config_overrides)
+    apply_config_overrides(config, model_args.config_overrides)
     set_seed(training_args.seed)
     if model_path is None:
         model, processor = ResNetForImageClassification(config), None
     else:
         model = AutoModelForImageClassification.from_pretrained(model_path, config=config, ignore_mismatched_sizes=True)
         processor = AutoImageProcessor.from_pretrained(model_path)
-    ru.disable_unused_loss_kwargs(model)
+    disable_unused_loss_kwargs(model)
 
     if generated:
         data = raw.map(lambda b: {"labels": [to_id(v) for v in b[label]]}, batched=True, remove_columns=[label])
@@ -126,12 +133,12 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         eval_dataset=data["validation"],
         processing_class=processor,
         data_collator=default_data_collator,
-        compute_metrics=ru.accuracy_from_logits(),
-        callbacks=ru.recipe_callbacks(),
+        compute_metrics=accuracy_from_logits(),
+        callbacks=list(callbacks),
     )
     headline = ["eval_accuracy", "eval_loss", "train_loss"]
-    return ru.train_evaluate_report(trainer, processor, "image_classification", started, headline)
+    return train_evaluate_report(trainer, processor, "image_classification", started, headline)
 
 
 if __name__ == "__main__":
-    ru.run(main)
+    run(main)

@@ -24,14 +24,20 @@ Usage (copy-paste):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
-import recipe_utils as ru
 from demo_data import sentiment_splits
+from recipe_args import parse_recipe_args
+from recipe_data import label_names, label_to_id_fn, load_raw_datasets, require_columns
+from recipe_metrics import accuracy_from_logits
+from recipe_models import apply_config_overrides, default_minilm_path, disable_unused_loss_kwargs, resolve_model_path
+from recipe_run import check_output_dir, logger, run, setup_logging, train_evaluate_report
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    TrainerCallback,
     set_seed,
 )
 
@@ -55,30 +61,31 @@ DEFAULTS = {
 }
 
 
-def main(args: list[str] | None = None) -> dict[str, float]:
+def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
+    """Run the recipe on ``args`` (default: the command line); ``callbacks`` join the trainer's."""
     started = time.time()
-    model_args, data_args, training_args = ru.parse_recipe_args(DEFAULTS, args)
-    ru.setup_logging(training_args)
-    ru.check_output_dir(training_args, data_args)
-    model_path = ru.resolve_model_path(model_args.model_name_or_path, ru.default_minilm_path)
-    tokenizer_path = ru.resolve_model_path(model_args.tokenizer_name, None, "tokenizer_name") or model_path
+    model_args, data_args, training_args = parse_recipe_args(DEFAULTS, args)
+    setup_logging(training_args)
+    check_output_dir(training_args, data_args)
+    model_path = resolve_model_path(model_args.model_name_or_path, default_minilm_path)
+    tokenizer_path = resolve_model_path(model_args.tokenizer_name, None, "tokenizer_name") or model_path
 
-    raw = ru.load_raw_datasets(data_args, default=sentiment_splits, seed=training_args.seed)
+    raw = load_raw_datasets(data_args, default=sentiment_splits, seed=training_args.seed)
     text, pair, label = data_args.text_column, data_args.text_pair_column, data_args.label_column
     for split in raw.values():
-        ru.require_columns(split, text_column=text, text_pair_column=pair, label_column=label)
-    names = ru.label_names(raw, label)
-    to_id = ru.label_to_id_fn(raw, label, names)
+        require_columns(split, text_column=text, text_pair_column=pair, label_column=label)
+    names = label_names(raw, label)
+    to_id = label_to_id_fn(raw, label, names)
 
     config = AutoConfig.from_pretrained(
         model_path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
     )
-    ru.apply_config_overrides(config, model_args.config_overrides)
+    apply_config_overrides(config, model_args.config_overrides)
     set_seed(training_args.seed)  # every rank builds the same new classifier head
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
-    if ru.disable_unused_loss_kwargs(model):
-        ru.logger.info(f"{type(model).__name__} ignores num_items_in_batch: set accepts_loss_kwargs=False")
+    if disable_unused_loss_kwargs(model):
+        logger.info(f"{type(model).__name__} ignores num_items_in_batch: set accepts_loss_kwargs=False")
 
     def tokenize(batch):
         pairs = (batch[text], batch[pair]) if pair else (batch[text],)
@@ -96,12 +103,12 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=ru.accuracy_from_logits(),
-        callbacks=ru.recipe_callbacks(),
+        compute_metrics=accuracy_from_logits(),
+        callbacks=list(callbacks),
     )
     headline = ["eval_accuracy", "eval_loss", "train_loss"]
-    return ru.train_evaluate_report(trainer, tokenizer, "text_classification", started, headline)
+    return train_evaluate_report(trainer, tokenizer, "text_classification", started, headline)
 
 
 if __name__ == "__main__":
-    ru.run(main)
+    run(main)

@@ -48,8 +48,10 @@ run() {  # run NAME CONFIG [launch args --] [recipe args]
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do launch+=("$1"); shift; done
   [ $# -gt 0 ] && shift
   echo "== $name ($config.yaml) =="
-  HF_FREEZE_PERF_FILE="$RESULTS/$name.json" timeout "$RUN_TIMEOUT" "$PY" -m accelerate.commands.launch \
+  # benchmarks/timed_recipe.py runs the recipe with a step timer that writes $RESULTS/$name.json.
+  timeout "$RUN_TIMEOUT" "$PY" -m accelerate.commands.launch \
     --config_file "accelerate_configs/$config.yaml" --num_processes 1 --main_process_port 29555 "${launch[@]}" \
+    benchmarks/timed_recipe.py --perf_file "$RESULTS/$name.json" \
     recipes/text_classification.py "${COMMON[@]}" "${EXTRA[@]}" --output_dir "$WORK/$name" "$@" > "$RESULTS/$name.log" 2>&1
   local rc=$?
   if [ $rc -ne 0 ]; then

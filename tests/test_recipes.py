@@ -14,7 +14,9 @@ import json
 import os
 
 import pytest
-import recipe_utils as ru
+import recipe_args
+import recipe_models
+import recipe_run
 import torch
 import yaml
 from demo_data import LABEL_NAMES, sentiment_examples, sentiment_splits
@@ -42,7 +44,7 @@ def make_tiny_text_model(directory: str) -> str:
                         intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)
     BertForSequenceClassification(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(ru.default_minilm_path()).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(recipe_models.default_minilm_path()).save_pretrained(directory)
     return directory
 
 
@@ -124,19 +126,19 @@ def test_yaml_gives_defaults_and_flags_override(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"learning_rate": 3.0e-4, "freeze_layers": ":2", "max_length": 40,
                                       "output_dir": str(tmp_path / "out")}))
-    model_args, data_args, args = ru.parse_recipe_args({"learning_rate": 1e-5, "freeze_embeddings": True},
+    model_args, data_args, args = recipe_args.parse_recipe_args({"learning_rate": 1e-5, "freeze_embeddings": True},
                                                        ["--config", str(config), "--freeze_layers=-1:"])
     assert args.learning_rate == 3e-4  # YAML beats the recipe default
     assert args.freeze_layers == "-1:"  # the flag beats YAML
     assert args.freeze_embeddings is True and data_args.max_length == 40 and model_args.model_name_or_path is None
-    _, _, positional = ru.parse_recipe_args({}, [str(config)])  # a lone YAML path works like --config
+    _, _, positional = recipe_args.parse_recipe_args({}, [str(config)])  # a lone YAML path works like --config
     assert positional.freeze_layers == ":2"
 
 
 def test_repeated_list_flags_and_a_negative_slice_as_written(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"freeze": ["pooler"], "output_dir": str(tmp_path / "out")}))
-    _, _, args = ru.parse_recipe_args(
+    _, _, args = recipe_args.parse_recipe_args(
         {}, ["--config", str(config), "--freeze", "embeddings", "--freeze", r"layer\.1", "--freeze_layers", "-2:"]
     )
     assert args.freeze == ["embeddings", r"layer\.1"]  # both flags kept; together they replace the YAML list
@@ -159,14 +161,14 @@ def test_unknown_yaml_key_is_an_error_with_a_hint(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("learning_rate: 1.0e-4\nfreeze_layer: ':4'\n")
     with pytest.raises(InvalidOptionError, match=r"freeze_layer.*did you mean 'freeze_layers'"):
-        ru.parse_recipe_args({}, ["--config", str(config)])
+        recipe_args.parse_recipe_args({}, ["--config", str(config)])
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "recipes", "configs", "*.yaml"))))
 def test_shipped_recipe_configs_parse(path):
     with open(path, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
-    _, data_args, args = ru.parse_recipe_args({}, ["--config", path])
+    _, data_args, args = recipe_args.parse_recipe_args({}, ["--config", path])
     assert args.output_dir == data["output_dir"]
     assert args.learning_rate == data["learning_rate"] and isinstance(args.learning_rate, float)
     expected = data.get("freeze_layers")
@@ -174,16 +176,16 @@ def test_shipped_recipe_configs_parse(path):
 
 
 def test_help_text_renders():
-    assert "--freeze_layers" in ru.make_parser().format_help()
+    assert "--freeze_layers" in recipe_args.make_parser().format_help()
 
 
 def test_config_overrides_parse_and_reject_unknown_keys():
     from transformers import BertConfig
 
-    config = ru.apply_config_overrides(BertConfig(), "hidden_dropout_prob=0,hidden_act=relu")
+    config = recipe_models.apply_config_overrides(BertConfig(), "hidden_dropout_prob=0,hidden_act=relu")
     assert config.hidden_dropout_prob == 0 and config.hidden_act == "relu"
     with pytest.raises(InvalidOptionError, match="no attribute 'hiden_size'"):
-        ru.apply_config_overrides(BertConfig(), "hiden_size=4")
+        recipe_models.apply_config_overrides(BertConfig(), "hiden_size=4")
 
 
 def test_loss_kwargs_trap_detection():
@@ -191,8 +193,8 @@ def test_loss_kwargs_trap_detection():
     from tiny_models import build
 
     bert, llama = build("bert"), build("llama")
-    assert ru.disable_unused_loss_kwargs(bert) and bert.accepts_loss_kwargs is False
-    assert not ru.disable_unused_loss_kwargs(llama) and "accepts_loss_kwargs" not in vars(llama)
+    assert recipe_models.disable_unused_loss_kwargs(bert) and bert.accepts_loss_kwargs is False
+    assert not recipe_models.disable_unused_loss_kwargs(llama) and "accepts_loss_kwargs" not in vars(llama)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -209,7 +211,7 @@ def test_text_classification_default_from_flags(tmp_path):
     assert plan.spec["freeze_embeddings"] is True and plan.spec["freeze_layers"] == ":4"
     with open(os.path.join(out, "config.json"), encoding="utf-8") as handle:
         assert json.load(handle)["id2label"] == {"0": "negative", "1": "positive"}
-    pretrained = load_file(os.path.join(ru.default_minilm_path(), "model.safetensors"))
+    pretrained = load_file(os.path.join(recipe_models.default_minilm_path(), "model.safetensors"))
     trained = load_file(os.path.join(out, "model.safetensors"))
     frozen = [p.name for p in plan.params if not p.trainable]
     assert any("embeddings" in n for n in frozen) and any("layer.3." in n for n in frozen)
@@ -223,7 +225,10 @@ def test_text_classification_default_from_flags(tmp_path):
 @pytest.mark.slow
 def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model, sentiment_csv, capsys, monkeypatch):
     train, dev = sentiment_csv
-    monkeypatch.setenv(ru.PERF_ENV, str(tmp_path / "perf.json"))  # the GPU check's step timer
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from trainbench.perf_callback import StepPerfCallback
+
+    step_timer = StepPerfCallback(str(tmp_path / "perf.json"))  # the GPU check's step timer
     out = str(tmp_path / "out")
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
@@ -232,7 +237,8 @@ def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model,
         "freeze_embeddings": True, "freeze_layers": ":2", "per_device_train_batch_size": 8,
         "save_strategy": "no", "report_to": "none",
     }))
-    load_recipe("text_classification").main(["--config", str(config), "--max_steps", "2", "--disable_tqdm", "true"])
+    load_recipe("text_classification").main(["--config", str(config), "--max_steps", "2", "--disable_tqdm", "true"],
+                                            callbacks=[step_timer])
     summary = capsys.readouterr().out.split("== hf-freeze text_classification: done ==")[-1]
     assert "trainable:" in summary and "eval_accuracy:" in summary and os.path.abspath(out) in summary
     plan = assert_run_outputs(out)
@@ -336,10 +342,10 @@ def test_overwrite_output_dir_and_resume_pass_the_guard(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    _, data_args, args = ru.parse_recipe_args({}, ["--output_dir", str(out), "--overwrite_output_dir"])
-    ru.check_output_dir(args, data_args)
-    _, data_args, args = ru.parse_recipe_args({}, ["--output_dir", str(tmp_path / "fresh")])
-    ru.check_output_dir(args, data_args)
+    _, data_args, args = recipe_args.parse_recipe_args({}, ["--output_dir", str(out), "--overwrite_output_dir"])
+    recipe_run.check_output_dir(args, data_args)
+    _, data_args, args = recipe_args.parse_recipe_args({}, ["--output_dir", str(tmp_path / "fresh")])
+    recipe_run.check_output_dir(args, data_args)
 
 
 def test_run_turns_bad_input_into_one_error_line_and_exit_code_2(capsys):
@@ -347,7 +353,7 @@ def test_run_turns_bad_input_into_one_error_line_and_exit_code_2(capsys):
         raise InvalidOptionError("`train_file`='x.csv': no such file.")
 
     with pytest.raises(SystemExit) as exited:
-        ru.run(main)
+        recipe_run.run(main)
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip() == "error: `train_file`='x.csv': no such file."
 

@@ -1,7 +1,8 @@
 """The text-classification recipe under ``accelerate launch``: two CPU processes, and two "machines" on loopback.
 
-Every launch is a subprocess with a timeout whose failure shows the workers' output. Each rank
-writes per-parameter checksums before and after training (``HF_FREEZE_PARAM_CHECKSUMS``), so the
+Every launch is a subprocess with a timeout whose failure shows the workers' output. The recipe
+runs through ``distributed_scripts/run_recipe.py``, which hands it the checksum recorder of
+``instrumentation.py``: each rank writes per-parameter checksums before and after training, so the
 tests compare replicas bitwise, check that frozen parameters never changed, and that the world
 size really was 2 (a launch that forgets ``--use_cpu`` runs two separate trainings that look alike).
 """
@@ -15,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-import recipe_utils as ru
+from instrumentation import ChecksumRecorder
 from test_recipes import QUICK, ROOT, load_recipe, make_tiny_text_model
 
 from hf_freeze import FreezePlan
@@ -23,6 +24,7 @@ from hf_freeze import FreezePlan
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 LAUNCH_TIMEOUT = 300
+RUN_RECIPE = os.path.join(ROOT, "tests", "distributed_scripts", "run_recipe.py")
 SLICE = ["--max_train_samples", "48", "--max_eval_samples", "16", "--max_steps", "3", "--seed", "7"]
 
 
@@ -38,8 +40,8 @@ def free_port() -> int:
 
 
 def accelerate_launch(launch_args: list[str], recipe_args: list[str], checksums: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", ru.CHECKSUM_ENV: checksums, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args,
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, RUN_RECIPE, "--checksums", checksums,
                os.path.join(ROOT, "recipes", "text_classification.py"), *recipe_args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
 
@@ -91,13 +93,10 @@ def test_cpu_ddp_two_processes_match_single_process(tmp_path, tiny_text_model):
         str(tmp_path / "ddp_sums"),
     )
     # The single-process reference runs here while the launch imports (global batch 8 in both).
-    os.environ[ru.CHECKSUM_ENV] = str(tmp_path / "single_sums")
-    try:
-        load_recipe("text_classification").main(
-            [*common, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "single")]
-        )
-    finally:
-        del os.environ[ru.CHECKSUM_ENV]
+    load_recipe("text_classification").main(
+        [*common, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "single")],
+        callbacks=[ChecksumRecorder(str(tmp_path / "single_sums"))],
+    )
     wait_ok(launch, "accelerate launch cpu_ddp.yaml")
 
     plan = FreezePlan.load(str(tmp_path / "ddp"))

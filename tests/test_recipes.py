@@ -358,6 +358,12 @@ def test_run_turns_bad_input_into_one_error_line_and_exit_code_2(capsys):
     assert capsys.readouterr().err.strip() == "error: `train_file`='x.csv': no such file."
 
 
+def test_run_recipe_file_names_a_missing_script(tmp_path):
+    """The wrappers that add test/benchmark callbacks fail clearly on a wrong recipe path."""
+    with pytest.raises(InvalidOptionError, match=r"no_recipe\.py.*no such recipe script"):
+        recipe_run.run_recipe_file(str(tmp_path / "no_recipe.py"), [], [])
+
+
 # --------------------------------------------------------------------------- accelerate configs
 CONFIGS = ["single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "multi_node", "cpu_ddp"]
 

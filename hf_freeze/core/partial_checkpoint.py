@@ -168,7 +168,7 @@ _MANIFEST_KEYS = (
 )
 
 
-def _read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.isfile(path):
         present = sorted(os.listdir(directory)) if os.path.isdir(directory) else "the folder does not exist"
@@ -238,7 +238,7 @@ def load_trainable_state(model: nn.Module, directory: str | os.PathLike, plan: F
     :class:`PlanMismatchError` naming the first differing tensor). Returns the verified fingerprint,
     which later :func:`save_trainable_state` calls can reuse.
     """
-    manifest = _read_manifest(directory)
+    manifest = read_manifest(directory)
     try:
         saved = Fingerprint.from_dict(manifest["fingerprint"])
     except (KeyError, TypeError, ValueError) as error:

@@ -54,3 +54,7 @@ class PlanMismatchError(FreezeError):
 
 class ModelLoadError(FreezeError):
     """``hf-freeze inspect`` could not read the model's config (no such path, offline Hub id, bad file)."""
+
+
+class PartialCheckpointError(FreezeError):
+    """A partial checkpoint folder lacks a file, holds a truncated or corrupt one, or is not one."""

@@ -3,6 +3,7 @@ against a model built from its config on the meta device (no weights read), befo
 
     hf-freeze inspect path/to/llama --freeze-layers :70 --freeze-embeddings --plot freeze_map.png
     hf-freeze inspect --config recipes/configs/my_run.yaml --json
+    hf-freeze rebuild path/to/base out/checkpoint-500 --output out/full-500   (see .rebuild)
 
 Exit codes: 0 success; 2 a usage error or any invalid option, unknown model, pattern without hits
 (under ``freeze_strict``), layer range outside the stack or empty trainable set (argparse style:
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.spec import FreezeSpec
 from ..errors import FreezeError
 from ..parsing import ExtendAction, accept_negative_values
+from .rebuild import add_rebuild_parser
 
 if TYPE_CHECKING:
     from ..core.plan import FreezePlan
@@ -150,6 +152,7 @@ def make_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--plot", metavar="FILE.png", help="draw the freeze map (needs hf-freeze[plot])")
     _add_freeze_options(inspect)
     accept_negative_values(inspect)  # --freeze-layers -2:
+    add_rebuild_parser(commands)
     return accept_negative_values(parser)
 
 
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # building on the meta device is noisy and harmless
     try:
-        return _run_inspect(args)
+        return args.run(args) if hasattr(args, "run") else _run_inspect(args)
     except FreezeError as err:
         _error(str(err))
         return 2

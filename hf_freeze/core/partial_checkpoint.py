@@ -1,11 +1,13 @@
-"""Checkpoints that hold only what trained, and the fingerprint that ties them to their base weights.
+"""Checkpoint files that hold only what trained, tied to their base weights by a fingerprint.
 
 A partial fine-tune changes a small part of the model; writing the whole model at every checkpoint
 stores gigabytes that did not change. This module writes only the trainable parameters (a tied
 tensor once, under its canonical name) and the buffers that change in training (the running
 statistics of norm layers the plan does not freeze) to ``trainable_state.safetensors``. The rest of
 the model must then come from the same base weights when the checkpoint is read, so the folder also
-holds a fingerprint of every tensor it does not store, checked before anything is copied.
+holds a fingerprint of every tensor it does not store, checked before anything is copied. The
+fingerprint itself is :mod:`.fingerprint`; which tensors are stored and which fingerprinted is
+:mod:`.trainable_state`; this module reads and writes the files (and re-exports the public names).
 
 Files written into the checkpoint folder:
 
@@ -33,12 +35,8 @@ Example (a plain PyTorch loop)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, NamedTuple
 
 import torch
@@ -46,241 +44,28 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import FreezeError, PlanMismatchError
-from .discovery import index_model
-from .norm_stats import has_running_stats
+from ..errors import PartialCheckpointError, PlanMismatchError
+from .fingerprint import (  # noqa: F401 - re-exported: the public names of partial checkpoints live here
+    EDGE_BYTES,
+    SAMPLED_ELEMENTS,
+    Fingerprint,
+    TensorPrint,
+    fingerprint_tensors,
+    local_tensor,
+)
 from .plan import PLAN_FILE, FreezePlan
+from .trainable_state import (  # noqa: F401 - re-exported
+    fingerprint_frozen,
+    frozen_names,
+    frozen_tensor_names,
+    model_state,
+    unwrap,
+)
 
 STATE_FILE = "trainable_state.safetensors"
 MANIFEST_FILE = "trainable_state.json"
 FORMAT = "hf-freeze-trainable-state"
 FORMAT_VERSION = 1
-
-SAMPLED_ELEMENTS = 4096
-"""Evenly spaced elements hashed per frozen tensor (first and last included); a tensor with at most
-this many elements is hashed whole."""
-
-EDGE_BYTES = 256
-"""Bytes hashed in full at each end of a sampled tensor, on top of the spaced elements."""
-
-
-class PartialCheckpointError(FreezeError):
-    """A partial checkpoint folder lacks a file, holds a truncated or corrupt one, or is not one."""
-
-
-# ---------------------------------------------------------------------------------- fingerprint
-@dataclass(frozen=True)
-class TensorPrint:
-    """One frozen tensor as the fingerprint sees it: name, shape, dtype and a digest of sampled bytes."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    digest: str
-
-    def line(self) -> str:
-        return f"{self.name}|{list(self.shape)}|{self.dtype}|{self.digest}\n"
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """A digest of the weights a partial checkpoint does not store, tensor by tensor.
-
-    Cost and what it misses: per tensor it hashes the shape, the dtype, :data:`SAMPLED_ELEMENTS`
-    (4096) evenly spaced elements and the first and last :data:`EDGE_BYTES` (256) bytes; tensors
-    of at most 4096 elements (biases, norms) are hashed whole. The cost is a fixed ~17 KB gather and
-    hash per tensor whatever its size. Measured on the project's 2-core CPU machine (busy, load 6-8):
-    1.07 GB of frozen float32 weights in 64 tensors take 40-50 ms; 1,000 tensors take 0.36 s, so a
-    70B Llama (723 tensors) costs about 0.3 s, once per run. Hashing every byte instead would take
-    3.5 s per GB here (8 minutes for 140 GB of bf16 weights) at every resume.
-
-    Another base model (another seed, another fine-tune, another dtype or shape) differs in nearly
-    every element and is caught (all 4096 sampled values would have to coincide). A change confined
-    to unsampled elements is not: a random edit of k elements of an n-element tensor is caught with
-    probability about
-    ``1 - (1 - 4096/n)**k``; one edited row of a 128k x 8k embedding (8,192 contiguous elements out
-    of 1.05e9, one sample every 256k elements) is caught about 3% of the time.
-
-    The digest is stable across processes, runs and devices: sampled positions are integer
-    arithmetic on the element count, bytes are hashed with SHA-256, nothing depends on memory
-    addresses or Python's ``hash``.
-    """
-
-    tensors: tuple[TensorPrint, ...]
-    samples: int = SAMPLED_ELEMENTS
-    edge_bytes: int = EDGE_BYTES
-    _by_name: dict[str, TensorPrint] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {t.name: t for t in self.tensors})
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.tensors]
-
-    @cached_property
-    def digest(self) -> str:
-        """One SHA-256 over the sampling settings and every tensor's line, in order."""
-        digest = hashlib.sha256(f"samples={self.samples};edge_bytes={self.edge_bytes}\n".encode())
-        for tensor in self.tensors:
-            digest.update(tensor.line().encode())
-        return digest.hexdigest()
-
-    def restrict(self, names: Iterable[str]) -> Fingerprint:
-        """The fingerprint of ``names`` only (gradual unfreezing shrinks the frozen set; the prints of
-        the tensors still frozen are still valid). Raises ``KeyError`` for a name it does not cover."""
-        wanted = set(names)
-        missing = sorted(wanted - set(self._by_name))
-        if missing:
-            raise KeyError(f"the fingerprint does not cover {missing[:3]} ({len(missing)} tensor(s))")
-        return Fingerprint(tuple(t for t in self.tensors if t.name in wanted), self.samples, self.edge_bytes)
-
-    def differences(self, other: Fingerprint) -> list[str]:
-        """Readable differences of ``other`` from ``self``, in ``self``'s tensor order."""
-        found = []
-        for saved in self.tensors:
-            now = other._by_name.get(saved.name)
-            if now is None:
-                found.append(f"{saved.name!r} is not in the model")
-            elif now.shape != saved.shape:
-                found.append(f"{saved.name!r} has shape {list(now.shape)}, saved {list(saved.shape)}")
-            elif now.dtype != saved.dtype:
-                found.append(f"{saved.name!r} has dtype {now.dtype}, saved {saved.dtype}")
-            elif now.digest != saved.digest:
-                found.append(f"{saved.name!r} has other values")
-        return found
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "digest": self.digest,
-            "samples": self.samples,
-            "edge_bytes": self.edge_bytes,
-            "tensors": [[t.name, list(t.shape), t.dtype, t.digest] for t in self.tensors],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
-        tensors = tuple(TensorPrint(n, tuple(s), d, h) for n, s, d, h in data["tensors"])
-        fingerprint = cls(tensors, int(data["samples"]), int(data["edge_bytes"]))
-        if data.get("digest") not in (None, fingerprint.digest):
-            raise PartialCheckpointError(
-                "The fingerprint in the manifest does not match its own tensor list: the file was edited or "
-                "corrupted. Use an intact copy of the checkpoint."
-            )
-        return fingerprint
-
-
-def _local(tensor: torch.Tensor, name: str) -> torch.Tensor:
-    """The tensor's full local data, or a clear error where this process holds only a shard."""
-    if "ds_numel" in tensor.__dict__:
-        raise PartialCheckpointError(
-            f"{name!r} is partitioned by DeepSpeed ZeRO-3; gather the parameters (GatheredParameters) before "
-            "saving or loading a partial checkpoint, or use ZeRO-2."
-        )
-    if hasattr(tensor, "full_tensor"):
-        raise PartialCheckpointError(
-            f"{name!r} is a DTensor sharded by FSDP; gather the full state dict before saving or loading a "
-            "partial checkpoint."
-        )
-    if tensor.device.type == "meta":
-        raise PartialCheckpointError(
-            f"{name!r} is on the meta device (no data): load the model's weights before fingerprinting, "
-            "saving or loading a partial checkpoint."
-        )
-    return tensor.detach()
-
-
-def _sample_bytes(tensor: torch.Tensor, samples: int, edge_bytes: int) -> torch.Tensor:
-    """The bytes the fingerprint hashes, as a uint8 tensor on the tensor's device."""
-    flat = tensor.reshape(-1)
-    count = flat.numel()
-    if count > samples:
-        step = count // samples  # elements 0, step, 2*step, ...: a strided view, no index tensor to build
-        edge = max(1, edge_bytes // flat.element_size())
-        flat = torch.cat([flat[:edge], flat[: step * samples : step], flat[-edge:]])
-    return flat.contiguous().view(torch.uint8) if count else flat.new_empty(0, dtype=torch.uint8)
-
-
-def fingerprint_tensors(
-    tensors: Iterable[tuple[str, torch.Tensor]], samples: int = SAMPLED_ELEMENTS, edge_bytes: int = EDGE_BYTES
-) -> Fingerprint:
-    """Fingerprint ``(name, tensor)`` pairs, in the given order (see :class:`Fingerprint`)."""
-    named = [(name, _local(t, name)) for name, t in tensors]
-    chunks = [_sample_bytes(t, samples, edge_bytes) for _, t in named]
-    host: list[torch.Tensor] = [torch.empty(0, dtype=torch.uint8)] * len(chunks)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, chunk in enumerate(chunks):
-        by_device.setdefault(chunk.device, []).append(i)
-    for indexes in by_device.values():  # one device-to-host copy per device, not one per tensor
-        joined = torch.cat([chunks[i] for i in indexes]).cpu()
-        for i, part in zip(indexes, joined.split([chunks[i].numel() for i in indexes])):
-            host[i] = part
-    prints = []
-    for (name, tensor), data in zip(named, host):
-        digest = hashlib.sha256(data.numpy()).hexdigest()
-        prints.append(TensorPrint(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), digest))
-    return Fingerprint(tuple(prints), samples, edge_bytes)
-
-
-# ---------------------------------------------------------------------------------- what is stored
-@dataclass
-class _ModelState:
-    """A model's tensors by canonical name (each tensor once), and every alias name of each."""
-
-    params: dict[str, nn.Parameter]
-    buffers: dict[str, torch.Tensor]
-    trained_buffers: list[str]
-    lookup: dict[str, str]  # any name (alias included) -> canonical name
-
-    def tensor(self, name: str) -> torch.Tensor:
-        canonical = self.lookup[name]
-        return self.params.get(canonical, self.buffers.get(canonical))
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel/DataParallel wrappers, whose names the plan uses."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def _model_state(model: nn.Module, frozen_norms: Iterable[str] = ()) -> _ModelState:
-    modules, params, aliases = index_model(model)
-    lookup = {alias: name for name, names in aliases.items() for alias in names}
-    buffers: dict[str, torch.Tensor] = {}
-    first: dict[int, str] = {}
-    trained: list[str] = []
-    fixed = set(frozen_norms)
-    for path, module in modules.items():
-        for short, buffer in module._buffers.items():
-            if buffer is None or short in module._non_persistent_buffers_set:
-                continue
-            name = f"{path}.{short}" if path else short
-            canonical = first.setdefault(id(buffer), name)
-            lookup[name] = canonical
-            if canonical == name:
-                buffers[name] = buffer
-                if has_running_stats(module) and path not in fixed:
-                    trained.append(name)
-    return _ModelState(params, buffers, trained, lookup)
-
-
-def _frozen_names(state: _ModelState, plan: FreezePlan) -> list[str]:
-    trained = set(state.trained_buffers)
-    return plan.frozen_names + [name for name in state.buffers if name not in trained]
-
-
-def frozen_tensor_names(model: nn.Module, plan: FreezePlan) -> list[str]:
-    """What a partial checkpoint of ``model`` under ``plan`` leaves out, so what the fingerprint covers:
-    the frozen parameters and every persistent buffer that does not change in training."""
-    return _frozen_names(_model_state(model, plan.frozen_norms), plan)
-
-
-def fingerprint_frozen(model: nn.Module, plan: FreezePlan) -> Fingerprint:
-    """The fingerprint of what ``plan`` freezes in ``model``; compute it once per run and pass it to
-    every :func:`save_trainable_state` (the frozen weights do not change while training)."""
-    state = _model_state(model, plan.frozen_norms)
-    return fingerprint_tensors((name, state.tensor(name)) for name in _frozen_names(state, plan))
 
 
 # ---------------------------------------------------------------------------------- save
@@ -315,9 +100,9 @@ def save_trainable_state(
     process only (rank 0). Returns the paths written.
     """
     model = unwrap(model)
-    state = _model_state(model, plan.frozen_norms)
+    state = model_state(model, plan.frozen_norms)
     plan.check_fits(model, state.params)
-    frozen = _frozen_names(state, plan)
+    frozen = frozen_names(state, plan)
     if fingerprint is None:
         fingerprint = fingerprint_tensors((name, state.tensor(name)) for name in frozen)
     else:
@@ -333,7 +118,7 @@ def save_trainable_state(
     tensors: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
     for name in names:
-        tensor = _local(state.tensor(name), name).to("cpu").contiguous()
+        tensor = local_tensor(state.tensor(name), name).to("cpu").contiguous()
         pointer = tensor.untyped_storage().data_ptr()
         tensors[name] = tensor.clone() if pointer in storages else tensor  # safetensors refuses shared storage
         storages.add(pointer)
@@ -383,7 +168,7 @@ _MANIFEST_KEYS = (
 )
 
 
-def _read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.isfile(path):
         present = sorted(os.listdir(directory)) if os.path.isdir(directory) else "the folder does not exist"
@@ -453,7 +238,7 @@ def load_trainable_state(model: nn.Module, directory: str | os.PathLike, plan: F
     :class:`PlanMismatchError` naming the first differing tensor). Returns the verified fingerprint,
     which later :func:`save_trainable_state` calls can reuse.
     """
-    manifest = _read_manifest(directory)
+    manifest = read_manifest(directory)
     try:
         saved = Fingerprint.from_dict(manifest["fingerprint"])
     except (KeyError, TypeError, ValueError) as error:
@@ -471,7 +256,7 @@ def _check_and_copy(
     model: nn.Module, handle, manifest: dict[str, Any], saved: Fingerprint, plan: FreezePlan | None, directory: str
 ) -> Fingerprint:
     where = f"the partial checkpoint {directory!r} (saved from {manifest['model_class']})"
-    state = _model_state(model)
+    state = model_state(model)
 
     stored = manifest["parameters"] + manifest["buffers"]
     unknown = [name for name in stored + saved.names if name not in state.lookup]

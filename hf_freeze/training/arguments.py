@@ -20,7 +20,13 @@ from ..parsing import ExtendAction
 UNFREEZE_STRATEGIES = ("no", "steps", "epoch")
 # Options outside FreezeSpec that change the optimizer groups or when the trainable set changes: recorded in
 # freeze_plan.json (FreezePlan.trainer_options) and compared on resume, like the spec.
-TRAINER_PLAN_OPTIONS = ("layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event")
+TRAINER_PLAN_OPTIONS = (
+    "layer_lr_decay",
+    "unfreeze_strategy",
+    "unfreeze_steps",
+    "unfreeze_layers_per_event",
+    "save_only_trainable",
+)
 
 
 @dataclass
@@ -58,6 +64,12 @@ class FreezingTrainingArguments(TrainingArguments):
             Every this many steps (or epochs) the next frozen layers are unfrozen.
         unfreeze_layers_per_event (`int`, defaults to `1`):
             How many frozen layers each event unfreezes.
+
+        > Checkpoints
+
+        save_only_trainable (`bool`, defaults to `False`):
+            Each `checkpoint-N` folder holds only the trainable tensors plus a fingerprint of the frozen
+            weights; resume checks the fingerprint. The final `save_model` still writes the full model.
     """
 
     freeze: list[str] = field(
@@ -125,6 +137,13 @@ class FreezingTrainingArguments(TrainingArguments):
                   "`--unfreeze_layers_per_event 2`."},
     )
 
+    save_only_trainable: bool = field(
+        default=False,
+        metadata={"help": "Checkpoints (checkpoint-N folders) hold only the trainable tensors and a fingerprint of "
+                  "the frozen weights, checked on resume; the final model is still saved whole, e.g. "
+                  "`--save_only_trainable`."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.freeze_spec = FreezeSpec(
@@ -168,6 +187,13 @@ class FreezingTrainingArguments(TrainingArguments):
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise InvalidOptionError(
                 f"`unfreeze_layers_per_event`={layers!r} is not valid: use a whole number >= 1, e.g. 2."
+            )
+        if self.save_only_trainable and not self.freezing_enabled:
+            raise InvalidOptionError(
+                "`save_only_trainable`=True needs a freezing option (e.g. `freeze_layers`, `freeze_embeddings`, "
+                "`freeze`) that says what is frozen; without one everything trains and a checkpoint is the whole "
+                "model. Set a freezing option, or save_only_trainable=False (a PEFT model's checkpoints already "
+                "hold only its adapter)."
             )
         if self.unfreeze_strategy != "no" and not self.freeze_spec.freezes_anything:
             raise InvalidOptionError(

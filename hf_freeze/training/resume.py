@@ -46,7 +46,8 @@ def option_differences(saved: FreezePlan, current: FreezePlan) -> list[str]:
     """``"<option>: saved <value>, now <value>"`` for each compared option that differs."""
     pairs = [(saved.spec, current.spec)]
     if saved.trainer_options is not None:
-        pairs.append((saved.trainer_options, current.trainer_options or trainer_option_defaults()))
+        defaults = trainer_option_defaults()  # an option recorded since the checkpoint was written had its default
+        pairs.append(({**defaults, **saved.trainer_options}, current.trainer_options or defaults))
     diffs = []
     for old, new in pairs:
         for key in sorted(set(old) | set(new)):

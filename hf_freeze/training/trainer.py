@@ -29,6 +29,7 @@ from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
 from . import backend
 from . import param_groups as optim
+from .checkpointing import PartialCheckpointMixin
 from .resume import check_resume, set_options
 from .unfreezing import RULE_UNFREEZE, GradualUnfreezeCallback, advance, unfreeze_events
 
@@ -37,7 +38,7 @@ logger = logging.getLogger("hf_freeze")
 MODEL_CARD_HEADING = "## Partial fine-tuning (hf-freeze)"
 
 
-class FreezingTrainer(Trainer):
+class FreezingTrainer(PartialCheckpointMixin, Trainer):
     """``Trainer`` that trains only what the ``FreezingTrainingArguments`` options leave trainable.
 
     Example:
@@ -271,6 +272,7 @@ class FreezingTrainer(Trainer):
         if self.model_init is not None and resume_from_checkpoint is not None:
             self._check_checkpoint_plan(resume_from_checkpoint)  # the model (and plan) came from model_init
         self._preflight()
+        self.check_partial_checkpointing()  # save_only_trainable: refusals and the fingerprint (.checkpointing)
         return super()._inner_training_loop(
             batch_size=batch_size, args=args, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
             ignore_keys_for_eval=ignore_keys_for_eval,

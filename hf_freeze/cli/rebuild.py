@@ -1,0 +1,64 @@
+"""``hf-freeze rebuild BASE CHECKPOINT --output DIR``: a full model folder from a partial checkpoint.
+
+A ``save_only_trainable`` checkpoint holds only what trained; evaluation and export need the whole
+model. This loads BASE (the model folder or Hub id the run started from) with the class the checkpoint
+was saved from, copies the checkpoint's tensors onto it after the fingerprint check
+(:func:`hf_freeze.core.partial_checkpoint.rebuild_trained_model`) and writes a ``from_pretrained``
+folder. Nothing is written when a check fails.
+
+    hf-freeze rebuild path/to/base out/checkpoint-500 --output out/full-500
+
+Exit codes as ``inspect``: 0 success; 2 the input is wrong (not a partial checkpoint, a damaged one,
+another base model); 1 the environment failed (BASE cannot be read, DIR cannot be written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_rebuild_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the ``rebuild`` subcommand (it sets ``run`` to :func:`run_rebuild`)."""
+    parser = commands.add_parser(
+        "rebuild",
+        help="write a full model folder from a base model and a partial (save_only_trainable) checkpoint",
+        description="Load BASE, check the checkpoint's fingerprint of the frozen weights against it, copy the "
+        "trained tensors onto it and save the full model to --output. Exit code 2 when the checkpoint is "
+        "damaged or was trained from another base model.",
+    )
+    parser.add_argument("base", metavar="BASE", help="the model folder (or Hub id) the run started from")
+    parser.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="a checkpoint-N folder saved with save_only_trainable"
+    )
+    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="where to write the full model")
+    parser.add_argument(
+        "--dtype", default="float32", metavar="DTYPE",
+        help="the dtype the run trained in, e.g. bfloat16 (default float32, as Trainer loads without one)",
+    )
+    parser.set_defaults(run=run_rebuild)
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    import torch
+    import transformers
+
+    from ..core.partial_checkpoint import read_manifest, rebuild_trained_model
+    from ..errors import InvalidOptionError
+
+    manifest = read_manifest(args.checkpoint)
+    model_cls = getattr(transformers, manifest["model_class"], None)
+    if model_cls is None or not hasattr(model_cls, "from_pretrained"):
+        raise InvalidOptionError(
+            f"CHECKPOINT {args.checkpoint!r} was saved from {manifest['model_class']!r}, which is not a transformers "
+            "class: rebuild it in Python with hf_freeze.core.partial_checkpoint.rebuild_trained_model(model, folder)."
+        )
+    dtype = getattr(torch, args.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise InvalidOptionError(f"--dtype {args.dtype!r} is not a torch dtype: use e.g. float32 or bfloat16.")
+    model = model_cls.from_pretrained(args.base, dtype=dtype)
+    rebuild_trained_model(model, args.checkpoint)
+    os.makedirs(args.output, exist_ok=True)
+    model.save_pretrained(args.output)
+    print(f"rebuilt {manifest['model_class']} from {args.base} and {args.checkpoint} into {args.output}")
+    return 0

@@ -174,3 +174,15 @@ def frozen_in_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str])
             if isinstance(param, torch.Tensor) and not param.requires_grad:
                 found.append(names.get(id(param), f"<unnamed {tuple(param.shape)}>"))
     return found
+
+
+def warn_frozen_in_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Warn when an optimizer passed through ``optimizers=`` holds frozen parameters."""
+    frozen = frozen_in_optimizer(optimizer, param_names(model))
+    if frozen:
+        logger.warning(
+            f"The optimizer passed through `optimizers=` holds {len(frozen)} frozen parameter(s) (e.g. "
+            f"{frozen[:3]}). They will not train (no gradient), but optimizers with weight decay or "
+            "momentum can still change them. Build it from `[p for p in model.parameters() if "
+            "p.requires_grad]`, or let FreezingTrainer create it."
+        )

@@ -70,14 +70,7 @@ class FreezingTrainer(Trainer):
         if self._unfreezing is not None:
             self.add_callback(self._unfreezing)
         if self.optimizer is not None and self.freeze_plan is not None:
-            frozen = optim.frozen_in_optimizer(self.optimizer, optim.param_names(self.model))
-            if frozen:
-                logger.warning(
-                    f"The optimizer passed through `optimizers=` holds {len(frozen)} frozen parameter(s) (e.g. "
-                    f"{frozen[:3]}). They will not train (no gradient), but optimizers with weight decay or "
-                    "momentum can still change them. Build it from `[p for p in model.parameters() if "
-                    "p.requires_grad]`, or let FreezingTrainer create it."
-                )
+            optim.warn_frozen_in_optimizer(self.optimizer, self.model)
 
     # ------------------------------------------------------------------ the plan
     @property

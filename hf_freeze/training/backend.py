@@ -73,6 +73,33 @@ def find_unused_from_plan(model: nn.Module, plan: FreezePlan, checkpointing: boo
     return any(p.trainable and p.group == GROUP_OTHER for p in plan.params)
 
 
+def checkpointing_on(args: Any, model: nn.Module) -> bool:
+    """Activation checkpointing requested by the arguments or already on in the model.
+
+    transformers 5 renamed ``gradient_checkpointing*`` to ``activation_checkpointing*``; either is read.
+    """
+    if getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False):
+        return True
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()) or bool(
+        getattr(model, "is_activation_checkpointing", False)
+    )
+
+
+def checkpointing_kwargs(args: Any) -> dict[str, Any]:
+    return getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
+
+
+def prepare_checkpointing(model: nn.Module, plan: FreezePlan, args: Any) -> None:
+    """Under activation checkpointing above frozen layers: warn about a failing DDP setting and hook the
+    lowest trainable blocks (:func:`make_checkpointed_layers_trainable`)."""
+    if not plan.frozen_names or not checkpointing_on(args, model):
+        return
+    reentrant = bool(checkpointing_kwargs(args).get("use_reentrant", True))
+    check_checkpointing(plan, args.ddp_find_unused_parameters, True, reentrant)
+    hooked = make_checkpointed_layers_trainable(model, plan)
+    logger.debug(f"Inputs of {hooked} require grad under activation checkpointing.")
+
+
 def check_checkpointing(plan: FreezePlan, find_unused: bool | None, checkpointing: bool, reentrant: bool) -> None:
     """Warn about DDP's unused-parameter search combined with reentrant checkpointing above frozen layers."""
     if checkpointing and reentrant and find_unused and plan.frozen_names:

@@ -48,8 +48,8 @@ TRAINING_ARGS_FILE = "training_args.bin"
 
 
 class PartialCheckpointMixin:
-    """The ``save_only_trainable`` hooks of ``FreezingTrainer`` (reads its ``freeze_plan``,
-    ``_initial_plan`` and ``_unfreeze_events``)."""
+    """The ``save_only_trainable`` hooks of ``FreezingTrainer`` (reads its ``freeze_plan``, its stage-0
+    plan ``_plan`` and the gradual-unfreezing callback ``_unfreezing``)."""
 
     _in_checkpoint = False
     _frozen_print: Fingerprint | None = None
@@ -69,6 +69,7 @@ class PartialCheckpointMixin:
 
     def check_partial_checkpointing(self) -> None:
         """Refuse what partial checkpoints cannot do, before any step; take the fingerprint once per run."""
+        self._frozen_print = None  # a new run may hold another model (model_init) or other weights
         if not self.saves_only_trainable:
             return
         option = "`save_only_trainable`=True"
@@ -88,10 +89,6 @@ class PartialCheckpointMixin:
             )
         if self._frozen_print is None and self.args.should_save:
             self._frozen_print = fingerprint_frozen(self.model, self.freeze_plan)
-
-    def train(self, *args: Any, **kwargs: Any):
-        self._frozen_print = None  # a new run may hold another model (model_init) or other weights
-        return super().train(*args, **kwargs)
 
     # ------------------------------------------------------------------ save
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -121,11 +118,12 @@ class PartialCheckpointMixin:
     # ------------------------------------------------------------------ load
     def _checkpoint_plan(self, checkpoint: str) -> FreezePlan | None:
         """This run's plan at the checkpoint's unfreeze stage (what its tensors must be), or None."""
-        if self._initial_plan is None:
+        if self._plan is None:
             return None
         path = os.path.join(checkpoint, PLAN_FILE)
         stage = FreezePlan.load(path).stage if os.path.isfile(path) else 0
-        return advance(self._initial_plan, self._unfreeze_events, stage) if stage else self._initial_plan
+        events = self._unfreezing.events if self._unfreezing is not None else []
+        return advance(self._plan, events, stage) if stage else self._plan
 
     def _load_partial(self, checkpoint: str, plan: FreezePlan | None) -> None:
         fingerprint = load_trainable_state(self.model, checkpoint, plan=plan)

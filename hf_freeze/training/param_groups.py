@@ -1,16 +1,18 @@
-"""Optimizer parameter groups from a freeze plan: readable names and layer-wise learning-rate decay.
+"""Optimizer parameter groups from a freeze plan: one pure builder, used at creation and by unfreezing.
 
-``Trainer.create_optimizer`` builds two groups (weight decay / no weight decay) from the trainable
-parameters. These helpers work on that optimizer *after* it is built and before it has any state:
-they name each group and, with ``layer_lr_decay``, split each group by layer with its own ``lr``.
-Working on the built optimizer keeps every optimizer class that ``Trainer`` can build (including
-``optimizer_cls_and_kwargs``) without re-implementing how it is created.
+:func:`param_groups` has the shape of timm's ``param_groups_layer_decay``: plan, named parameters,
+decay names, lr, weight decay and layer decay in; a list of named groups out. ``FreezingTrainer``
+lets ``Trainer.create_optimizer`` build the optimizer (so every optimizer class, factory and keyword
+``Trainer`` knows keeps working) and, when it holds ``Trainer``'s standard two groups, replaces them
+with the builder's groups before the optimizer has any state (:func:`install`). Gradual unfreezing
+calls the same builder for the parameters each event brings back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +23,7 @@ logger = logging.getLogger("hf_freeze")
 
 # Prefixes that wrappers (FSDP1, activation checkpointing, torch.compile, DDP) put before parameter names.
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+_LABELS = ("decay", "no_decay")  # Trainer's two groups, in its order
 
 
 def plain_name(name: str) -> str:
@@ -33,6 +36,78 @@ def plain_name(name: str) -> str:
 def param_names(model: nn.Module) -> dict[int, str]:
     """``id(param)`` -> plain parameter name."""
     return {id(p): plain_name(n) for n, p in model.named_parameters()}
+
+
+def layer_scales(plan: FreezePlan, decay: float) -> dict[str, float]:
+    """Plan group -> learning-rate factor: layer ``i`` of ``L`` gets ``decay**(L - i)``, embeddings
+    ``decay**(L + 1)``, everything else (head, final norm, pooler) ``1``. Each stack counts its own ``L``."""
+    sizes = {s["path"]: s["num_blocks"] for s in plan.stacks}
+    deepest = max(sizes.values(), default=0)
+    scales: dict[str, float] = {}
+    for p in plan.params:
+        if p.stack is not None and p.layer is not None:
+            scales[p.group] = decay ** (sizes.get(p.stack, deepest) - p.layer)
+        elif p.group == GROUP_EMBEDDINGS:
+            scales[p.group] = decay ** (deepest + 1)
+        else:
+            scales[p.group] = 1.0
+    return scales
+
+
+def param_groups(
+    plan: FreezePlan,
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    decay_names: Collection[str],
+    lr: float,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    *,
+    only: Collection[str] | None = None,
+    by_layer: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Named optimizer groups for the plan's trainable parameters (or for ``only``, the names an event adds).
+
+    Without a split by layer the groups are ``Trainer``'s two, ``decay`` and ``no_decay``, both kept even
+    when empty (a checkpoint's optimizer state counts them). Split by layer (the default when
+    ``layer_decay`` != 1) each plan group gets ``<group>/decay`` and ``<group>/no_decay`` with
+    ``lr * layer_scales(...)[group]``, all ``decay`` groups first, each label in model order.
+
+    Example:
+        >>> groups = param_groups(plan, model.named_parameters(), decay_names, 1e-3, 0.01, 0.9)  # doctest: +SKIP
+        >>> [g["name"] for g in groups][:2]                                                       # doctest: +SKIP
+        ['bert.encoder.layer.2/decay', 'bert.encoder.layer.3/decay']
+    """
+    by_layer = layer_decay != 1.0 if by_layer is None else by_layer
+    scales = layer_scales(plan, layer_decay) if by_layer else {}
+    decisions = {}
+    for p in plan.params:
+        decisions[p.name] = p
+        decisions.update(dict.fromkeys(p.aliases, p))
+    order = {row["group"]: i for i, row in enumerate(plan.groups())}
+    wanted = set(only) if only is not None else None
+    decay = set(decay_names)
+    buckets: dict[tuple[int, int, str], list[nn.Parameter]] = {}
+    for raw_name, param in named_parameters:
+        name = plain_name(raw_name)
+        decision = decisions.get(name)
+        selected = name in wanted if wanted is not None else decision is not None and decision.trainable
+        if not selected:
+            continue
+        label = 0 if raw_name in decay or name in decay else 1
+        group = decision.group if decision is not None and by_layer else ""
+        buckets.setdefault((label, order.get(group, len(order)) if by_layer else 0, group), []).append(param)
+    if not by_layer:
+        for label in (0, 1):
+            buckets.setdefault((label, 0, ""), [])
+    return [
+        {
+            "params": buckets[key],
+            "lr": lr * scales.get(key[2], 1.0),
+            "weight_decay": weight_decay if key[0] == 0 else 0.0,
+            "name": f"{key[2]}/{_LABELS[key[0]]}" if by_layer else _LABELS[key[0]],
+        }
+        for key in sorted(buckets)
+    ]
 
 
 def is_standard_grouping(
@@ -53,57 +128,30 @@ def is_standard_grouping(
     return [[id(p) for p in g["params"]] for g in groups] == expected
 
 
-def layer_scales(plan: FreezePlan, decay: float) -> dict[str, float]:
-    """Plan group -> learning-rate factor: layer ``i`` of ``L`` gets ``decay**(L - i)``, embeddings
-    ``decay**(L + 1)``, everything else (head, final norm, pooler) ``1``. Each stack counts its own ``L``."""
-    sizes = {s["path"]: s["num_blocks"] for s in plan.stacks}
-    deepest = max(sizes.values(), default=0)
-    scales: dict[str, float] = {}
-    for p in plan.params:
-        if p.stack is not None and p.layer is not None:
-            scales[p.group] = decay ** (sizes.get(p.stack, deepest) - p.layer)
-        elif p.group == GROUP_EMBEDDINGS:
-            scales[p.group] = decay ** (deepest + 1)
-        else:
-            scales[p.group] = 1.0
-    return scales
+def install(optimizer: torch.optim.Optimizer, groups: Sequence[dict[str, Any]]) -> None:
+    """Replace the groups of a just-built optimizer; each keeps the optimizer's other per-group settings
+    (betas, eps, ...) from its first group. Must run before the optimizer has state."""
+    template = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    optimizer.param_groups = [{**template, **group} for group in groups]
 
 
-def regroup(
-    optimizer: torch.optim.Optimizer,
-    names: dict[int, str],
-    plan: FreezePlan | None,
-    layer_lr_decay: float = 1.0,
-) -> list[str]:
-    """Name ``Trainer``'s two groups ``decay``/``no_decay``; with ``layer_lr_decay`` != 1, split each by plan
-    group (``<group>/decay``) with ``lr`` scaled per :func:`layer_scales`. Returns the group names.
+def logged_rates(
+    logged: float, base_lr: float, groups: Sequence[dict[str, Any]], base_lrs: Sequence[float]
+) -> tuple[float, dict[str, float]]:
+    """With layer-wise rates, the base rate as scheduled and each group's rate, from ``Trainer``'s logged rate.
 
-    Must run before the optimizer has state (right after it is built): it replaces ``param_groups``.
+    ``Trainer`` logs the first group's rate, which under ``layer_lr_decay`` is the embeddings'
+    (``decay**(L + 1)`` below the base). ``base_lrs`` are the scheduler's initial rates per group.
     """
-    labels = ("decay", "no_decay")
-    if layer_lr_decay == 1.0 or plan is None:
-        for group, label in zip(optimizer.param_groups, labels):
-            group["name"] = label
-        return [g["name"] for g in optimizer.param_groups]
-
-    scales = layer_scales(plan, layer_lr_decay)
-    group_of = {}
-    for p in plan.params:
-        group_of[p.name] = p.group
-        for alias in p.aliases:
-            group_of[alias] = p.group
-    order = {g["group"]: i for i, g in enumerate(plan.groups())}
-    new_groups = []
-    for group, label in zip(optimizer.param_groups, labels):
-        by_plan_group: dict[str, list[torch.nn.Parameter]] = {}
-        for param in group["params"]:
-            by_plan_group.setdefault(group_of.get(names.get(id(param), ""), "other"), []).append(param)
-        for plan_group in sorted(by_plan_group, key=lambda g: order.get(g, len(order))):
-            scale = scales.get(plan_group, 1.0)
-            params = by_plan_group[plan_group]
-            new_groups.append({**group, "params": params, "lr": group["lr"] * scale, "name": f"{plan_group}/{label}"})
-    optimizer.param_groups = new_groups
-    return [g["name"] for g in new_groups]
+    if not base_lrs or not base_lrs[0]:
+        return logged, {}
+    rate = logged * base_lr / base_lrs[0]
+    per_group: dict[str, float] = {}
+    for i, group in enumerate(groups):
+        name = str(group.get("name", i)).rpartition("/")[0] or str(group.get("name", i))
+        # the group's scale times the logged base rate: the same step as `learning_rate`
+        per_group.setdefault(name, rate * (base_lrs[i] / base_lr) if i < len(base_lrs) else group["lr"])
+    return rate, per_group
 
 
 def describe(optimizer: torch.optim.Optimizer) -> str:
@@ -126,3 +174,15 @@ def frozen_in_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str])
             if isinstance(param, torch.Tensor) and not param.requires_grad:
                 found.append(names.get(id(param), f"<unnamed {tuple(param.shape)}>"))
     return found
+
+
+def warn_frozen_in_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Warn when an optimizer passed through ``optimizers=`` holds frozen parameters."""
+    frozen = frozen_in_optimizer(optimizer, param_names(model))
+    if frozen:
+        logger.warning(
+            f"The optimizer passed through `optimizers=` holds {len(frozen)} frozen parameter(s) (e.g. "
+            f"{frozen[:3]}). They will not train (no gradient), but optimizers with weight decay or "
+            "momentum can still change them. Build it from `[p for p in model.parameters() if "
+            "p.requires_grad]`, or let FreezingTrainer create it."
+        )

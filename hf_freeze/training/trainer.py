@@ -1,16 +1,21 @@
 """``FreezingTrainer``: ``transformers.Trainer`` that resolves, applies, reports and saves a freeze plan.
 
-Thin glue over the core: the plan is resolved once per model (in ``__init__`` or where ``Trainer``
-calls ``model_init``), before Accelerate wraps the model; the optimizer, the backend checks, the
-checkpoints and the model card read that plan. With no freezing option set it is ``Trainer``.
-
-Choices that keep it a drop-in replacement (``transformers``' own Trainer tests must pass with it):
+Glue over the core and the helpers beside it: the plan is resolved once per model (in ``__init__`` or
+where ``Trainer`` calls ``model_init``), before Accelerate wraps the model; the optimizer groups come
+from :func:`.param_groups.param_groups`, gradual unfreezing is the :class:`.unfreezing.GradualUnfreezing`
+callback, the checks before training live in :mod:`.backend`, the resume check in :mod:`.resume` and
+the model-card text in :mod:`.model_card`. With no freezing option set it is ``Trainer``:
 
 - With no freezing option (or a plain ``TrainingArguments``) the model is not touched: no
   ``requires_grad`` change, no norm-statistics hook, the optimizer groups are ``Trainer``'s.
 - ``freeze_plan.json`` is written (checkpoints and final model), checked on resume and added to the
   model card only when a freezing option is set, so plain runs add no file. A model that arrives with
   frozen parameters (a PEFT model) still gets ``trainer.freeze_plan``, for reporting only.
+
+Overrides of private ``Trainer`` methods (no public hook exists for these):
+
+- ``_build_accelerator_args``: DDP's ``find_unused_parameters`` is fixed when the ``Accelerator`` is
+  built in ``__init__``; the plan decides it.
 """
 
 from __future__ import annotations
@@ -30,12 +35,11 @@ from ..errors import InvalidOptionError
 from . import backend
 from . import param_groups as optim
 from .checkpointing import PartialCheckpointMixin
-from .resume import check_resume, set_options
-from .unfreezing import RULE_UNFREEZE, GradualUnfreezeCallback, advance, unfreeze_events
+from .model_card import add_to_model_card
+from .resume import check_resume
+from .unfreezing import GradualUnfreezing, advance
 
 logger = logging.getLogger("hf_freeze")
-
-MODEL_CARD_HEADING = "## Partial fine-tuning (hf-freeze)"
 
 
 class FreezingTrainer(PartialCheckpointMixin, Trainer):
@@ -48,13 +52,15 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
     """
 
     def __init__(self, model: nn.Module | None = None, args: Any = None, *rest: Any, **kwargs: Any) -> None:
-        self.freeze_plan: FreezePlan | None = None
-        self._initial_plan: FreezePlan | None = None
-        self._unfreeze_events: list[list[str]] = []
-        self._resume_stage = 0
-        self._plan_logged = True
+        self._plan: FreezePlan | None = None  # the stage-0 plan; the callback holds later stages
+        strategy = getattr(args, "unfreeze_strategy", "no")
+        self._unfreezing = None if strategy == "no" else GradualUnfreezing(
+            strategy, args.unfreeze_steps, args.unfreeze_layers_per_event
+        )
         self._unsaved: list[str] = []
-        self._layer_rates = False  # layer_lr_decay split the optimizer groups
+        self._plan_logged = True
+        self._resume_checkpoint: str | None = None
+        self._base_lr: float | None = None  # set when layer_lr_decay split the optimizer groups
         self._group_rates_logged = False
         if model is not None and args is not None:
             self._resolve_freeze_plan(model, args)
@@ -62,27 +68,28 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
         self._user_optimizer = self.optimizer is not None or self.lr_scheduler is not None
         if not self._plan_logged:
             self._log_freeze_plan()
-        if self.unfreeze_strategy != "no":
-            self.add_callback(GradualUnfreezeCallback(self))
+        if self._unfreezing is not None:
+            self.add_callback(self._unfreezing)
         if self.optimizer is not None and self.freeze_plan is not None:
-            frozen = optim.frozen_in_optimizer(self.optimizer, optim.param_names(self.model))
-            if frozen:
-                logger.warning(
-                    f"The optimizer passed through `optimizers=` holds {len(frozen)} frozen parameter(s) (e.g. "
-                    f"{frozen[:3]}). They will not train (no gradient), but optimizers with weight decay or "
-                    "momentum can still change them. Build it from `[p for p in model.parameters() if "
-                    "p.requires_grad]`, or let FreezingTrainer create it."
-                )
+            optim.warn_frozen_in_optimizer(self.optimizer, self.model)
 
     # ------------------------------------------------------------------ the plan
     @property
-    def freezing_active(self) -> bool:
-        """True when the arguments carry a freezing option (``FreezingTrainingArguments.freezing_enabled``)."""
+    def freeze_plan(self) -> FreezePlan | None:
+        """The plan at the current gradual-unfreezing stage (None: nothing frozen and no option set)."""
+        if self._unfreezing is not None and self._unfreezing.plan is not None:
+            return self._unfreezing.plan
+        return self._plan
+
+    @property
+    def freezing_enabled(self) -> bool:
+        """True when the arguments set a freezing option (``FreezingTrainingArguments.freezing_enabled``)."""
         return bool(getattr(self.args, "freezing_enabled", False))
 
     def _resolve_freeze_plan(self, model: nn.Module, args: Any) -> None:
         """Resolve the plan for ``model`` and apply it; without options only record the model's own trainable set."""
         spec: FreezeSpec | None = getattr(args, "freeze_spec", None)
+        plan = None
         if spec is not None and getattr(args, "freezing_enabled", False):
             plan = spec.resolve(model)
             plan.trainer_options = args.trainer_plan_options  # saved with the plan, compared on resume
@@ -92,14 +99,10 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
                 plan = FreezeSpec(train_head=False, freeze_norm_stats=False).resolve(model)
             except Exception as err:  # noqa: BLE001 - reporting must never break a plain Trainer run
                 logger.debug(f"No freeze plan recorded for {type(model).__name__}: {err}")
-                plan = None
-        else:
-            plan = None
-        self.freeze_plan = self._initial_plan = plan
-        self._unfreeze_events = []
-        if plan is not None and getattr(args, "unfreeze_strategy", "no") != "no":
-            self._unfreeze_events = unfreeze_events(plan, args.unfreeze_layers_per_event)
-            adapters.check_saved(model, [name for event in self._unfreeze_events for name in event])
+        self._plan = plan
+        if self._unfreezing is not None and plan is not None:
+            self._unfreezing.start(plan)
+            adapters.check_saved(model, [name for event in self._unfreezing.events for name in event])
         self._unsaved = adapters.unsaved_trainable(model, plan.trainable_names) if plan is not None else []
         self._plan_logged = False
         if getattr(self, "accelerator", None) is not None:
@@ -121,209 +124,100 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
     def call_model_init(self, trial: Any = None) -> nn.Module:
         model = super().call_model_init(trial)
         self._resolve_freeze_plan(model, self.args)
+        if getattr(self, "is_in_train", False):  # inside train(): the new model is checked and prepared before the wrap
+            self._before_training(model)
         return model
 
-    @property
-    def unfreeze_strategy(self) -> str:
-        return getattr(self.args, "unfreeze_strategy", "no")
-
     def _writes_plan(self) -> bool:
-        return self.freeze_plan is not None and self.freezing_active
+        return self.freeze_plan is not None and self.freezing_enabled
 
-    # ------------------------------------------------------------------ accelerator / backend
+    # ------------------------------------------------------------------ checks before training
     def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
         args = super()._build_accelerator_args(**kwargs)
-        if self.freeze_plan is None or not self.freezing_active or self.args.ddp_find_unused_parameters is not None:
-            return args
-        find_unused = backend.find_unused_from_plan(self.model, self.freeze_plan, self._checkpointing_on(self.model))
-        for handler in args.get("kwargs_handlers", []):
-            if hasattr(handler, "find_unused_parameters"):
-                handler.find_unused_parameters = find_unused
-        if self.args.world_size > 1:  # one process has no DDP wrap, so the choice would only be noise
-            logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
+        find_unused = self._planned_find_unused()
+        if find_unused is not None:
+            for handler in args.get("kwargs_handlers", []):
+                if hasattr(handler, "find_unused_parameters"):
+                    handler.find_unused_parameters = find_unused
         return args
 
-    # transformers 5 renamed gradient_checkpointing* to activation_checkpointing*; read either
-    def _checkpointing_requested(self) -> bool:
-        return bool(getattr(self.args, "activation_checkpointing", None) or self.args.gradient_checkpointing)
-
-    def _checkpointing_kwargs(self) -> dict[str, Any]:
-        args = self.args
-        return getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
-
-    def _checkpointing_on(self, model: nn.Module) -> bool:
-        if self._checkpointing_requested():
-            return True
-        return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()) or bool(
-            getattr(model, "is_activation_checkpointing", False)
+    def _planned_find_unused(self) -> bool | None:
+        """DDP's ``find_unused_parameters`` from the plan; None: the user set it, or no freezing option."""
+        if self.freeze_plan is None or not self.freezing_enabled or self.args.ddp_find_unused_parameters is not None:
+            return None
+        find_unused = backend.find_unused_from_plan(
+            self.model, self.freeze_plan, backend.checkpointing_on(self.args, self.model)
         )
+        if self.args.world_size > 1:  # one process has no DDP wrap, so the choice would only be noise
+            logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
+        return find_unused
 
-    def _preflight(self) -> None:
-        """Backend checks and checkpointing hooks, after ``Trainer`` set up checkpointing, before any step."""
-        if self.unfreeze_strategy != "no":
+    def _before_training(self, model: nn.Module) -> None:
+        """Resume check, backend checks and checkpointing hooks: after ``model_init``, before the wrap and any step."""
+        if self._resume_checkpoint is not None:
+            self._check_checkpoint_plan(self._resume_checkpoint)
+        if self._unfreezing is not None:
             self._check_unfreezing()
-        plan = self.freeze_plan
-        if plan is None or not self.freezing_active:
+        self.check_partial_checkpointing()  # save_only_trainable: refusals and the fingerprint (.checkpointing)
+        if self.freeze_plan is None or not self.freezing_enabled:
             return
         if self.is_fsdp_enabled:
-            backend.check_fsdp(self.model, self.accelerator.state.fsdp_plugin)
-        checkpointing = self._checkpointing_on(self.model)
-        if checkpointing and plan.frozen_names:
-            kwargs = self._checkpointing_kwargs()
-            backend.check_checkpointing(
-                plan, self.args.ddp_find_unused_parameters, True, bool(kwargs.get("use_reentrant", True))
-            )
-            hooked = backend.make_checkpointed_layers_trainable(self.model, plan)
-            logger.debug(f"Inputs of {hooked} require grad under activation checkpointing.")
+            backend.check_fsdp(model, self.accelerator.state.fsdp_plugin)
+        backend.prepare_checkpointing(model, self.freeze_plan, self.args)
 
     def _check_unfreezing(self) -> None:
         """Gradual unfreezing changes the trainable set mid-run: allowed where that is provably safe."""
-        strategy = f"`unfreeze_strategy`={self.unfreeze_strategy!r}"
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or self.args.world_size > 1:
-            name = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else "DDP"
-            raise InvalidOptionError(
-                f"{strategy} is not supported under {name} (world size {self.args.world_size}): a layer unfrozen "
-                "after the model is wrapped is not synchronised across replicas, so they would silently diverge. "
-                "Train on one process, or set unfreeze_strategy='no' and run one `train()` per stage with a "
-                "smaller `freeze_layers`."
-            )
-        if self._user_optimizer:
-            raise InvalidOptionError(
-                f"{strategy} adds parameter groups to the optimizer and the learning-rate schedule FreezingTrainer "
-                "builds; it cannot extend an optimizer/scheduler passed through `optimizers=`. Drop `optimizers=` "
-                "or set unfreeze_strategy='no'."
-            )
-        if self.args.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy"):
-            raise InvalidOptionError(
-                f"{strategy} needs a step-based learning-rate schedule, not `lr_scheduler_type`="
-                f"{self.args.lr_scheduler_type!r}. Use e.g. 'linear' or 'constant', or unfreeze_strategy='no'."
-            )
-        if not self._unfreeze_events:
-            raise InvalidOptionError(
-                f"{strategy}: nothing to unfreeze. Gradual unfreezing brings back layers frozen by "
-                "`freeze_layers` (top-down) and then `freeze_embeddings`; set one of them."
-            )
-
-    def unfreeze_next(self) -> list[str]:
-        """Unfreeze the next event's parameters, add them to the optimizer and the LR schedule; returns their names.
-
-        Called by :class:`~hf_freeze.training.unfreezing.GradualUnfreezeCallback`; a no-op once everything is unfrozen.
-        """
-        stage = self.freeze_plan.stage
-        if stage >= len(self._unfreeze_events):
-            return []
-        names = self._unfreeze_events[stage]
-        self.freeze_plan = self.freeze_plan.with_trainable(names, RULE_UNFREEZE)
-        self.freeze_plan.apply(self.model)
-        groups = self._param_groups_for(names)
-        for group in groups:
-            self.optimizer.add_param_group(group)
-        self._extend_scheduler(groups)
-        if self._checkpointing_on(self.model):
-            backend.make_checkpointed_layers_trainable(self.model, self.freeze_plan)
-        if self.accelerator.is_main_process:
-            logger.info(
-                f"Unfreezing stage {self.freeze_plan.stage}/{len(self._unfreeze_events)}: "
-                f"{[g['name'] for g in groups]}; {self.freeze_plan.summary()}"
-            )
-        return names
-
-    def _param_groups_for(self, names: list[str]) -> list[dict[str, Any]]:
-        """New optimizer groups for ``names``: Trainer's weight-decay split, lr scaled by ``layer_lr_decay``."""
-        params = dict(self.model.named_parameters())
-        decay_names = set(self.get_decay_parameter_names(self.model))
-        decay = getattr(self.args, "layer_lr_decay", 1.0)
-        scales = optim.layer_scales(self.freeze_plan, decay) if decay != 1.0 else {}
-        grouped: dict[tuple[str, str], list[nn.Parameter]] = {}
-        for name in names:
-            label = "decay" if name in decay_names else "no_decay"
-            grouped.setdefault((self.freeze_plan.decision(name).group, label), []).append(params[name])
-        return [
-            {
-                "params": members,
-                "weight_decay": self.args.weight_decay if label == "decay" else 0.0,
-                "lr": self.args.learning_rate * scales.get(group, 1.0),
-                "name": f"{group}/{label}",
-            }
-            for (group, label), members in grouped.items()
-        ]
-
-    def _extend_scheduler(self, groups: list[dict[str, Any]]) -> None:
-        """Let a ``LambdaLR`` schedule drive the new groups from their own initial lr (None: not built yet)."""
-        scheduler = self.lr_scheduler
-        if scheduler is None:
-            return
-        if not hasattr(scheduler, "lr_lambdas"):
-            raise InvalidOptionError(
-                f"`unfreeze_strategy`={self.unfreeze_strategy!r} cannot extend the learning-rate scheduler "
-                f"{type(scheduler).__name__}; use a transformers `lr_scheduler_type` such as 'linear'."
-            )
-        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
-        for group in groups:
-            group["initial_lr"] = group["lr"]
-            scheduler.base_lrs.append(group["lr"])
-            scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
-            group["lr"] = group["initial_lr"] * factor
-            scheduler._last_lr.append(group["lr"])
-
-    def _inner_training_loop(
-        self, batch_size=None, args=None, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None
-    ):
-        if self.model_init is not None and resume_from_checkpoint is not None:
-            self._check_checkpoint_plan(resume_from_checkpoint)  # the model (and plan) came from model_init
-        self._preflight()
-        self.check_partial_checkpointing()  # save_only_trainable: refusals and the fingerprint (.checkpointing)
-        return super()._inner_training_loop(
-            batch_size=batch_size, args=args, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval,
-        )
+        name = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else None
+        self._unfreezing.check(name, self.args.world_size, self._user_optimizer, self.args.lr_scheduler_type)
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None):
         user_built = self.optimizer is not None
         optimizer = super().create_optimizer(model)
-        if user_built or not self.freezing_active:
+        if user_built or not self.freezing_enabled:
             return optimizer
         opt_model = self.model if model is None else model
+        decay_names = self.get_decay_parameter_names(opt_model)
         decay = getattr(self.args, "layer_lr_decay", 1.0)
-        if optim.is_standard_grouping(optimizer, opt_model, self.get_decay_parameter_names(opt_model)):
-            names = optim.regroup(optimizer, optim.param_names(opt_model), self.freeze_plan, decay)
-            self._layer_rates = decay != 1.0
-            self._group_rates_logged = False
-            for _ in range(self._resume_stage):  # a resumed run rebuilds the groups the events added, in order
-                self.unfreeze_next()
-            if self.accelerator.is_main_process:
-                logger.info("Optimizer groups:\n" + optim.describe(optimizer))
-            logger.debug(f"Optimizer group names: {names}")
-        elif decay != 1.0 or self.unfreeze_strategy != "no":
-            option = f"`layer_lr_decay`={decay}" if decay != 1.0 else f"`unfreeze_strategy`={self.unfreeze_strategy!r}"
-            raise InvalidOptionError(
-                f"{option} needs Trainer's standard parameter groups, but `optim`={self.args.optim!r} (or "
-                "`optimizer_cls_and_kwargs`) groups parameters its own way. Drop the option with this optimizer, "
-                "or use a standard one such as adamw_torch."
-            )
+        if not optim.is_standard_grouping(optimizer, opt_model, decay_names):
+            if decay != 1.0 or self._unfreezing is not None:
+                strategy = getattr(self.args, "unfreeze_strategy", "no")
+                option = f"`layer_lr_decay`={decay}" if decay != 1.0 else f"`unfreeze_strategy`={strategy!r}"
+                raise InvalidOptionError(
+                    f"{option} needs Trainer's standard parameter groups, but `optim`={self.args.optim!r} (or "
+                    "`optimizer_cls_and_kwargs`) groups parameters its own way. Drop the option with this "
+                    "optimizer, or use a standard one such as adamw_torch."
+                )
+            return optimizer
+        lr, weight_decay = optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]
+        optim.install(optimizer, optim.param_groups(
+            self.freeze_plan, opt_model.named_parameters(), decay_names, lr, weight_decay, decay
+        ))
+        self._base_lr, self._group_rates_logged = (lr if decay != 1.0 else None), False
+        if self._unfreezing is not None:
+            def event_groups(plan: FreezePlan, names: list[str]) -> list[dict[str, Any]]:
+                return optim.param_groups(
+                    plan, opt_model.named_parameters(), decay_names, lr, weight_decay, decay, only=names, by_layer=True
+                )
+
+            checkpointing = backend.checkpointing_on(self.args, opt_model)
+            self._unfreezing.attach(opt_model, optimizer, event_groups, checkpointing)  # replays a resumed stage
+        if self.accelerator.is_main_process:
+            logger.info("Optimizer groups:\n" + optim.describe(optimizer))
         return optimizer
 
-    def _get_learning_rate(self) -> float:
-        """With ``layer_lr_decay``, the base rate as scheduled (the head's group), not the first group's
-        (the embeddings', ``decay**(L + 1)`` below it)."""
-        rate = super()._get_learning_rate()
-        base_lrs = getattr(self.lr_scheduler, "base_lrs", None)
-        if not self._layer_rates or not base_lrs or not base_lrs[0]:
-            return rate
-        return rate * self.args.learning_rate / base_lrs[0]
-
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """With ``layer_lr_decay``, the first training log also holds each group's rate (``learning_rate/<group>``)."""
-        if self._layer_rates and not self._group_rates_logged and "learning_rate" in logs and self.optimizer:
-            self._group_rates_logged = True
+        """With ``layer_lr_decay``, ``learning_rate`` is the base rate as scheduled (the head's, not the first
+        group's), and the first training log also holds each group's rate (``learning_rate/<group>``)."""
+        if self._base_lr is not None and "learning_rate" in logs and self.optimizer is not None:
             base_lrs = getattr(self.lr_scheduler, "base_lrs", None) or []
-            for i, group in enumerate(self.optimizer.param_groups):
-                name = str(group.get("name", i)).rpartition("/")[0] or str(group.get("name", i))
-                # the group's scale times the logged base rate: the same step as `learning_rate`
-                scale = base_lrs[i] / self.args.learning_rate if i < len(base_lrs) else None
-                rate = logs["learning_rate"] * scale if scale is not None else group["lr"]
-                logs.setdefault(f"learning_rate/{name}", rate)
+            rate, per_group = optim.logged_rates(logs["learning_rate"], self._base_lr, self.optimizer.param_groups,
+                                                 base_lrs)
+            logs["learning_rate"] = rate
+            if not self._group_rates_logged:
+                self._group_rates_logged = True
+                for name, value in per_group.items():
+                    logs.setdefault(f"learning_rate/{name}", value)
         super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------ save / resume
@@ -335,12 +229,11 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
-        self._resume_stage = 0
-        if self._initial_plan is not None and self.freeze_plan is not self._initial_plan:
-            self.freeze_plan = self._initial_plan  # gradual unfreezing starts again from stage 0
-            self.freeze_plan.apply(self.model)
-        if isinstance(resume_from_checkpoint, str) and self.model_init is None:
-            self._check_checkpoint_plan(resume_from_checkpoint)
+        self._resume_checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        if self._unfreezing is not None:
+            self._unfreezing.restart(self.model)  # gradual unfreezing starts again from stage 0
+        if self.model_init is None:  # with model_init, call_model_init does it for the new model
+            self._before_training(self.model)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _check_checkpoint_plan(self, checkpoint: str) -> None:
@@ -351,35 +244,15 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
         current = self.freeze_plan if self._writes_plan() else None
         path = os.path.join(checkpoint, PLAN_FILE)
         saved = FreezePlan.load(path) if os.path.isfile(path) else None
-        if current is not None and saved is not None and saved.stage and self._unfreeze_events:
-            current = advance(current, self._unfreeze_events, saved.stage)
+        if current is not None and saved is not None and saved.stage and self._unfreezing is not None:
+            current = advance(current, self._unfreezing.events, saved.stage)
         for warning in check_resume(checkpoint, saved, current):
             if self.accelerator.is_main_process:
                 logger.warning(warning)
-        self._resume_stage = saved.stage if saved is not None and current is not None else 0
+        if self._unfreezing is not None:  # replayed when the optimizer is built, before its state loads
+            self._unfreezing.resume_stage = saved.stage if saved is not None and current is not None else 0
 
-    # ------------------------------------------------------------------ model card
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         super().create_model_card(*args, **kwargs)
-        if not self.is_world_process_zero() or not self._writes_plan():
-            return
-        path = os.path.join(self.args.output_dir, "README.md")
-        if not os.path.isfile(path):
-            return
-        with open(path, encoding="utf-8") as handle:
-            card = handle.read()
-        if MODEL_CARD_HEADING in card:
-            return
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write("\n" + model_card_section(self.freeze_plan))
-
-
-def model_card_section(plan: FreezePlan) -> str:
-    """Markdown for the model card: what was frozen and how to reproduce it."""
-    options = set_options(plan)
-    return (
-        f"{MODEL_CARD_HEADING}\n\n"
-        f"Only part of the model was trained. {plan.summary()}\n\n"
-        f"Freezing options: `{options}` (plan hash `{plan.plan_hash}`, full plan in `{PLAN_FILE}`).\n\n"
-        "```\n" + plan.table() + "\n```\n"
-    )
+        if self.is_world_process_zero() and self._writes_plan():
+            add_to_model_card(self.args.output_dir, self.freeze_plan)

@@ -1,4 +1,4 @@
-"""Gradual unfreezing (ULMFiT): which frozen layers each event unfreezes, and when events happen.
+"""Gradual unfreezing (ULMFiT): which frozen layers each event unfreezes, when, and the callback that does it.
 
 Only what the shortcuts froze comes back: layers frozen by ``freeze_layers`` (top-down, across all
 stacks by layer index) and then the embedding block frozen by ``freeze_embeddings``. Parameters frozen
@@ -9,14 +9,24 @@ exactly the events the interrupted run went through.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
+from typing import Any
 
+from torch import nn
 from transformers import TrainerCallback
 
 from ..core.plan import GROUP_EMBEDDINGS, FreezePlan
+from ..errors import InvalidOptionError
+from . import backend
+
+logger = logging.getLogger("hf_freeze")
 
 RULE_UNFREEZE = "unfreeze_strategy"
 _SHORTCUT_RULES = ("freeze_layers", "freeze_embeddings")
+# (plan, names an event brings back) -> their optimizer groups; see param_groups.param_groups
+GroupBuilder = Callable[[FreezePlan, list[str]], list[dict[str, Any]]]
 
 
 def unfreeze_events(plan: FreezePlan, layers_per_event: int) -> list[list[str]]:
@@ -52,20 +62,128 @@ def step_interval(unfreeze_steps: float, max_steps: int) -> int:
     return int(unfreeze_steps)
 
 
-class GradualUnfreezeCallback(TrainerCallback):
-    """Calls ``trainer.unfreeze_next()`` every ``unfreeze_steps`` optimizer steps or epochs."""
+def extend_scheduler(scheduler: Any, groups: list[dict[str, Any]]) -> None:
+    """Make a ``LambdaLR``-style schedule drive optimizer groups added after it was built.
 
-    def __init__(self, trainer) -> None:
-        self.trainer = trainer
+    Why: torch schedulers keep one base rate and one lambda per group, fixed at construction, and zip
+    them with ``optimizer.param_groups`` at every step; a group added later is either ignored or crashes
+    the next ``step()`` ("zip() argument 2 is shorter"). Each new group gets its own base rate (its
+    ``lr``, already scaled by ``layer_lr_decay``), the first group's lambda, and starts at the current
+    factor; ``_last_lr`` grows with it because ``get_last_lr()``, logging and ``state_dict()`` read it.
+    ``None`` (the scheduler is built after the optimizer, from all its groups) needs nothing.
+    """
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler wraps it
+    if scheduler is None:
+        return
+    if not hasattr(scheduler, "lr_lambdas"):
+        raise InvalidOptionError(
+            f"`unfreeze_strategy` cannot extend the learning-rate scheduler {type(scheduler).__name__}; use a "
+            "transformers `lr_scheduler_type` such as 'linear', or unfreeze_strategy='no'."
+        )
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+        scheduler.base_lrs.append(group["lr"])
+        scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+        group["lr"] = group["initial_lr"] * factor
+        scheduler._last_lr.append(group["lr"])
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if args.unfreeze_strategy == "steps":
-            interval = step_interval(args.unfreeze_steps, state.max_steps)
-            if state.global_step % interval == 0:
-                self.trainer.unfreeze_next()
 
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if args.unfreeze_strategy == "epoch":
-            epoch = round(state.epoch or 0)
-            if epoch and epoch % int(args.unfreeze_steps) == 0:
-                self.trainer.unfreeze_next()
+class GradualUnfreezing(TrainerCallback):
+    """Every ``unfreeze_steps`` optimizer steps (or epochs) unfreezes the next event's parameters and adds
+    them to the optimizer and LR schedule it is handed (``on_step_end``/``on_epoch_end`` kwargs).
+
+    It owns the schedule: the events (from the stage-0 plan), the current plan (``plan.stage`` is the
+    stage) and how new groups are built (``group_builder``, set when the optimizer is built). One process
+    only: ``check`` refuses a wrapped, distributed model; a DDP version would synchronise the new
+    parameters here.
+    """
+
+    def __init__(self, strategy: str, every: float, layers_per_event: int) -> None:
+        self.strategy, self.every, self.layers_per_event = strategy, every, layers_per_event
+        self.initial: FreezePlan | None = None
+        self.plan: FreezePlan | None = None
+        self.events: list[list[str]] = []
+        self.resume_stage = 0
+        self.group_builder: GroupBuilder | None = None
+
+    def start(self, plan: FreezePlan) -> None:
+        """A new stage-0 plan (a new model): derive the events from it."""
+        self.initial = self.plan = plan
+        self.events = unfreeze_events(plan, self.layers_per_event)
+        self.resume_stage = 0
+
+    def restart(self, model: nn.Module) -> None:
+        """Back to stage 0 for a new ``train()`` call (the model gets the stage-0 flags again)."""
+        if self.plan is not self.initial:
+            self.plan = self.initial
+            self.plan.apply(model)
+        self.resume_stage = 0
+
+    def check(self, backend_name: str | None, world_size: int, user_optimizer: bool, scheduler_type: str) -> None:
+        """Refuse, before any step, the setups where a live change of the trainable set is unsafe."""
+        strategy = f"`unfreeze_strategy`={self.strategy!r}"
+        if backend_name is not None or world_size > 1:
+            raise InvalidOptionError(
+                f"{strategy} is not supported under {backend_name or 'DDP'} (world size {world_size}): a layer "
+                "unfrozen after the model is wrapped is not synchronised across replicas, so they would silently "
+                "diverge. Train on one process, or set unfreeze_strategy='no' and run one `train()` per stage "
+                "with a smaller `freeze_layers`."
+            )
+        if user_optimizer:
+            raise InvalidOptionError(
+                f"{strategy} adds parameter groups to the optimizer and the learning-rate schedule FreezingTrainer "
+                "builds; it cannot extend an optimizer/scheduler passed through `optimizers=`. Drop `optimizers=` "
+                "or set unfreeze_strategy='no'."
+            )
+        if scheduler_type in ("reduce_lr_on_plateau", "greedy"):
+            raise InvalidOptionError(
+                f"{strategy} needs a step-based learning-rate schedule, not `lr_scheduler_type`="
+                f"{scheduler_type!r}. Use e.g. 'linear' or 'constant', or unfreeze_strategy='no'."
+            )
+        if not self.events:
+            raise InvalidOptionError(
+                f"{strategy}: nothing to unfreeze. Gradual unfreezing brings back layers frozen by "
+                "`freeze_layers` (top-down) and then `freeze_embeddings`; set one of them."
+            )
+
+    def attach(self, model: nn.Module, optimizer: Any, group_builder: GroupBuilder, checkpointing: bool) -> None:
+        """The optimizer was just built: remember how groups are made and replay a resumed run's stage,
+        so the optimizer has the checkpoint's groups before its state is loaded."""
+        self.group_builder = group_builder
+        for _ in range(self.resume_stage - self.plan.stage):
+            self.unfreeze_next(model, optimizer, None, checkpointing)
+
+    def unfreeze_next(
+        self, model: nn.Module, optimizer: Any, lr_scheduler: Any, checkpointing: bool
+    ) -> list[dict[str, Any]]:
+        """Unfreeze the next event's parameters; returns their new optimizer groups ([] once all are back)."""
+        if self.plan.stage >= len(self.events):
+            return []
+        names = self.events[self.plan.stage]
+        self.plan = self.plan.with_trainable(names, RULE_UNFREEZE)
+        self.plan.apply(model)
+        groups = self.group_builder(self.plan, names)
+        for group in groups:
+            optimizer.add_param_group(group)
+        extend_scheduler(lr_scheduler, groups)
+        if checkpointing:
+            backend.make_checkpointed_layers_trainable(model, self.plan)
+        return groups
+
+    def _event(self, args: Any, state: Any, model: nn.Module, optimizer: Any, lr_scheduler: Any) -> None:
+        groups = self.unfreeze_next(model, optimizer, lr_scheduler, backend.checkpointing_on(args, model))
+        if groups and state.is_world_process_zero:
+            logger.info(
+                f"Unfreezing stage {self.plan.stage}/{len(self.events)}: {[g['name'] for g in groups]}; "
+                f"{self.plan.summary()}"
+            )
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if self.strategy == "steps" and state.global_step % step_interval(self.every, state.max_steps) == 0:
+            self._event(args, state, model, optimizer, lr_scheduler)
+
+    def on_epoch_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        epoch = round(state.epoch or 0)
+        if self.strategy == "epoch" and epoch and epoch % int(self.every) == 0:
+            self._event(args, state, model, optimizer, lr_scheduler)

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import shlex
+import typing
 
 import pytest
 from transformers import HfArgumentParser
@@ -43,9 +44,10 @@ def test_every_option_is_declared_once_with_help_and_an_example():
 def test_freeze_spec_fields_are_the_spec_options():
     spec_fields = dataclasses.fields(FreezeSpec)
     assert [f.name for f in spec_fields] == [o.name for o in SPEC_OPTIONS]
+    hints = typing.get_type_hints(FreezeSpec)  # not Field.type: HfArgumentParser rewrites that in place
     for f, option in zip(spec_fields, SPEC_OPTIONS):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        assert default == option.default and f.type == option.type and f.metadata["help"] == option.help_text
+        assert default == option.default and hints[f.name] == option.type and f.metadata["help"] == option.help_text
 
 
 def test_training_arguments_fields_are_all_options():

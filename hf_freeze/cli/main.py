@@ -150,6 +150,10 @@ def _run_inspect(argv: list[str]) -> int:
     return 0
 
 
+# command -> what runs it (its arguments after the command name); a new command adds a line here and to COMMANDS
+RUNNERS = {"inspect": _run_inspect}
+
+
 def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # building on the meta device is noisy and harmless
     try:
-        return _run_inspect(argv[1:])
+        return RUNNERS[argv[0]](argv[1:])
     except FreezeError as err:
         _error(str(err))
         return 2

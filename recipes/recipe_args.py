@@ -1,26 +1,15 @@
-"""The recipes' arguments and their parser: ``ModelArguments``, ``DataArguments`` and the
-YAML-and-flags parsing over ``HfArgumentParser``.
-
-Kept in one module so that replacing the parser with the library's touches one file.
+"""The recipes' arguments and their parser: ``ModelArguments``, ``DataArguments`` and the library's
+``FreezingArgumentParser`` over the three dataclasses (YAML ``--config``, flags override it).
 
 >>> model_args, data_args, training_args = parse_recipe_args({"output_dir": "outputs/x"})  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import os
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-from transformers import HfArgumentParser
-
-from hf_freeze import FreezingTrainingArguments
-from hf_freeze.errors import InvalidOptionError
-from hf_freeze.parsing import accept_negative_values
+from hf_freeze import FreezingArgumentParser, FreezingTrainingArguments
 
 
 @dataclass
@@ -101,69 +90,11 @@ RecipeArgs = tuple[ModelArguments, DataArguments, FreezingTrainingArguments]
 
 
 # --------------------------------------------------------------------------- parsing
-def make_parser() -> HfArgumentParser:
-    """The recipes' parser: the three argument dataclasses, ``--config FILE``, negative layer slices.
-
-    ``--config`` is declared so that ``--help`` lists it; :func:`parse_recipe_args` takes it (and a
-    lone YAML path) out of the arguments before parsing, so it never reaches a dataclass.
-    """
-    parser = HfArgumentParser((ModelArguments, DataArguments, FreezingTrainingArguments))
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help="A YAML file whose keys are these flags' names; it gives the defaults and flags override it, e.g. "
-        "`--config recipes/configs/text_classification.yaml` (or the file as first argument).",
-    )
-    return accept_negative_values(parser)
-
-
-def _known_keys() -> set[str]:
-    return {f.name for cls in (ModelArguments, DataArguments, FreezingTrainingArguments) for f in fields(cls) if f.init}
-
-
-def load_yaml_config(path: str) -> dict[str, Any]:
-    """Read a recipe YAML file: a flat mapping of argument names to values; unknown keys are an error."""
-    if not os.path.isfile(path):
-        raise InvalidOptionError(f"`--config`={path!r}: no such file. Pass the path of a YAML file, e.g. "
-                                 "recipes/configs/text_classification.yaml.")
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
-    if not isinstance(data, dict):
-        raise InvalidOptionError(f"`--config`={path!r} holds a {type(data).__name__}, not a mapping of "
-                                 "argument names to values (e.g. `learning_rate: 5.0e-5`).")
-    known = _known_keys()
-    unknown = sorted(set(data) - known)
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise InvalidOptionError(
-            f"Unknown key(s) in `--config`={path!r}: {', '.join(hints)}. Keys are the recipe's argument "
-            "names, the same as its command-line flags without `--` (see `--help`)."
-        )
-    return data
-
-
-def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    rest, config = [], None
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config":
-            if i + 1 >= len(argv):
-                raise InvalidOptionError("`--config` needs a value: the path of a YAML file.")
-            config, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        elif i == 0 and arg.endswith((".yaml", ".yml")) and not arg.startswith("-"):
-            config = arg
-        else:
-            rest.append(arg)
-        i += 1
-    return config, rest
+def make_parser() -> FreezingArgumentParser:
+    """The recipes' parser: the three argument dataclasses on the library's parser (``--config FILE``
+    or a YAML file as first argument, unknown keys with a suggestion, negative layer slices, repeated
+    list flags)."""
+    return FreezingArgumentParser((ModelArguments, DataArguments, FreezingTrainingArguments))
 
 
 def parse_recipe_args(defaults: dict[str, Any] | None = None, args: list[str] | None = None) -> RecipeArgs:
@@ -172,16 +103,10 @@ def parse_recipe_args(defaults: dict[str, Any] | None = None, args: list[str] | 
     Precedence, lowest to highest: the dataclass defaults, the recipe's ``defaults``, the YAML file
     given as ``--config FILE`` (or as the first argument), the command-line flags.
     """
-    argv = list(sys.argv[1:] if args is None else args)
-    config_path, argv = _split_config_flag(argv)
     values = dict(defaults or {})
     import torch
 
     if not torch.cuda.is_available():
         values.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator; it only warns on CPU
-    if config_path:
-        values.update(load_yaml_config(config_path))
-    parser = make_parser()
-    parser.set_defaults(**values)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = make_parser().parse_args_and_config(args, defaults=values)
     return model_args, data_args, training_args

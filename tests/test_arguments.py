@@ -54,20 +54,6 @@ def test_a_list_flag_replaces_a_config_default(tmp_path):
     assert args.freeze == ["from_yaml"]
 
 
-@pytest.mark.parametrize("value", ["-2:", "-3:-1", "-1:", "-2:,0"])
-def test_negative_layer_slice_as_its_own_argument(tmp_path, value):
-    from hf_freeze.parsing import accept_negative_values
-
-    parser = accept_negative_values(HfArgumentParser(FreezingTrainingArguments))
-    (args,) = parser.parse_args_into_dataclasses(
-        args=["--output_dir", str(tmp_path), "--freeze_layers", value, "--seed", "-1"]
-    )
-    assert args.freeze_layers == value and args.seed == -1
-    assert parse(["--output_dir", str(tmp_path), f"--freeze_layers={value}"]).freeze_layers == value
-    with pytest.raises(ValueError, match="not used"):  # a stray value is still an error
-        parser.parse_args_into_dataclasses(args=["--output_dir", str(tmp_path), "-2:"])
-
-
 def test_defaults_freeze_nothing(tmp_path):
     args = parse(["--output_dir", str(tmp_path)])
     assert args.freeze_spec == FreezeSpec() and not args.freezing_enabled

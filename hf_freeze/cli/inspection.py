@@ -12,12 +12,9 @@ trains with, from keyword arguments or straight from the recipe's YAML file:
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError, ModelLoadError
@@ -177,6 +174,8 @@ def build_meta_model(
             f"({TASKS[task]} has no model for {type(config).__name__}). Tasks this config supports: "
             f"{supported_tasks(config)}."
         )
+    import torch  # here, not at the top: `hf-freeze inspect --help` reads TASKS without torch
+
     try:
         with torch.device("meta"):
             return auto_cls.from_config(config)
@@ -194,34 +193,14 @@ def read_recipe(path: str | os.PathLike) -> tuple[str | None, dict[str, Any]]:
     A recipe YAML mixes model, data and training arguments; only the :class:`FreezeSpec` keys and
     ``model_name_or_path`` matter here, the others are ignored. A key that is *almost* a freeze
     option (``freeze_layer``) is an error, so a typo cannot pass unnoticed. (No field of
-    ``FreezingTrainingArguments`` is that close to a freeze option; a test keeps it so.)
+    ``FreezingTrainingArguments`` is that close to a freeze option; a test keeps it so.) The same rules
+    as ``hf-freeze inspect --config`` (:class:`~hf_freeze.FreezingArgumentParser`).
     """
-    import yaml
+    from ..parsing import load_config_file, select_config_keys
 
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as err:
-        raise InvalidOptionError(
-            f"`config`={str(path)!r} is not valid YAML: {' '.join(str(err).split())}"
-        ) from None
-    except OSError as err:
-        raise InvalidOptionError(f"`config`={str(path)!r} cannot be read: {err.strerror}.") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InvalidOptionError(
-            f"`config`={str(path)!r} must hold a mapping of option: value (like a recipe YAML), "
-            f"not a {type(data).__name__}."
-        )
-    options = {k: v for k, v in data.items() if k in FREEZE_OPTIONS}
-    for key in data:
-        close = difflib.get_close_matches(str(key), FREEZE_OPTIONS, n=1, cutoff=0.8)
-        if key not in FREEZE_OPTIONS and close:
-            raise InvalidOptionError(
-                f"`config`={str(path)!r} has the key {key!r}, which is no option: did you mean {close[0]!r}?"
-            )
-    model = data.get(MODEL_KEY)
+    data = load_config_file(path, option="config")
+    options = select_config_keys(data, {*FREEZE_OPTIONS, MODEL_KEY}, str(path), ignore_unknown=True, option="config")
+    model = options.pop(MODEL_KEY, None)
     return (str(model) if model is not None else None), options
 
 
@@ -253,12 +232,17 @@ def merge_options(
         recipe_model, options = read_recipe(config)
         model = model if model is not None else recipe_model
     options.update(freeze_options)
+    return require_model(model), FreezeSpec.from_dict(options)
+
+
+def require_model(model: str | PretrainedConfig | None) -> str | PretrainedConfig:
+    """``model``, or the error that says how to name one."""
     if model is None:
         raise InvalidOptionError(
             "No model given: pass MODEL (a model folder, config.json or Hub id) or set `model_name_or_path` "
             "in the `config` YAML."
         )
-    return model, FreezeSpec.from_dict(options)
+    return model
 
 
 def run_inspection(

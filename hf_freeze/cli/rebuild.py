@@ -18,11 +18,10 @@ import argparse
 import os
 
 
-def add_rebuild_parser(commands: argparse._SubParsersAction) -> None:
-    """Register the ``rebuild`` subcommand (it sets ``run`` to :func:`run_rebuild`)."""
-    parser = commands.add_parser(
-        "rebuild",
-        help="write a full model folder from a base model and a partial (save_only_trainable) checkpoint",
+def make_rebuild_parser() -> argparse.ArgumentParser:
+    """``hf-freeze rebuild``'s own parser (built when the command runs)."""
+    parser = argparse.ArgumentParser(
+        prog="hf-freeze rebuild",
         description="Load BASE, check the checkpoint's fingerprint of the frozen weights against it, copy the "
         "trained tensors onto it and save the full model to --output. Exit code 2 when the checkpoint is "
         "damaged or was trained from another base model.",
@@ -36,7 +35,12 @@ def add_rebuild_parser(commands: argparse._SubParsersAction) -> None:
         "--dtype", default="float32", metavar="DTYPE",
         help="the dtype the run trained in, e.g. bfloat16 (default float32, as Trainer loads without one)",
     )
-    parser.set_defaults(run=run_rebuild)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``hf-freeze rebuild`` with the arguments after the command name."""
+    return run_rebuild(make_rebuild_parser().parse_args(argv))
 
 
 def run_rebuild(args: argparse.Namespace) -> int:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidOptionError
+from ..options import SPEC_OPTIONS, options_dataclass
 from .layer_selection import LayerSelection
 from .matching import compile_pattern
 
@@ -28,8 +29,12 @@ def _as_pattern_list(value: Any, option: str) -> list[str]:
     )
 
 
+# FreezeSpec's fields: one per "spec" option of hf_freeze.options, with its default and help text.
+_SpecFields = options_dataclass("_SpecFields", SPEC_OPTIONS, module=__name__)
+
+
 @dataclass
-class FreezeSpec:
+class FreezeSpec(_SpecFields):
     """What to freeze, independent of any model. :meth:`resolve` turns it into a :class:`FreezePlan`.
 
     Example:
@@ -41,22 +46,13 @@ class FreezeSpec:
     ``freeze_layers``; ``freeze`` patterns; ``unfreeze`` patterns; ``train_head``.
     """
 
-    freeze: list[str] = field(default_factory=list)
-    unfreeze: list[str] = field(default_factory=list)
-    freeze_embeddings: bool = False
-    freeze_layers: int | str | None = None
-    layer_stack: str | None = None
-    train_head: bool = True
-    freeze_norm_stats: bool = True
-    freeze_strict: bool = True
-
     def __post_init__(self) -> None:
         self.freeze = _as_pattern_list(self.freeze, "freeze")
         self.unfreeze = _as_pattern_list(self.unfreeze, "unfreeze")
         for option in ("freeze", "unfreeze"):
             for pattern in getattr(self, option):
                 compile_pattern(pattern, option)
-        for option in ("freeze_embeddings", "train_head", "freeze_norm_stats", "freeze_strict"):
+        for option in (o.name for o in SPEC_OPTIONS if o.type is bool):
             if not isinstance(getattr(self, option), bool):
                 raise InvalidOptionError(
                     f"`{option}`={getattr(self, option)!r} is not valid: use True or False."

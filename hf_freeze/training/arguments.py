@@ -8,158 +8,41 @@ field, so ``TrainingArguments.to_dict()``/``to_json_string()`` keep working for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import TrainingArguments
 
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
-from ..parsing import ExtendAction
+from ..options import (
+    OPTIONS,
+    PLAN_TRAINING_OPTIONS,
+    SPEC_OPTIONS,
+    UNFREEZE_STRATEGIES,
+    options_dataclass,
+    options_docstring,
+)
 
-UNFREEZE_STRATEGIES = ("no", "steps", "epoch")
 # Options outside FreezeSpec that change the optimizer groups or when the trainable set changes: recorded in
 # freeze_plan.json (FreezePlan.trainer_options) and compared on resume, like the spec.
-TRAINER_PLAN_OPTIONS = (
-    "layer_lr_decay",
-    "unfreeze_strategy",
-    "unfreeze_steps",
-    "unfreeze_layers_per_event",
-    "save_only_trainable",
-)
+TRAINER_PLAN_OPTIONS = PLAN_TRAINING_OPTIONS
+
+# One field per option of hf_freeze.options (help, ExtendAction, choices in the metadata). It comes first
+# among the bases so that dataclass puts these fields after TrainingArguments' (output_dir stays first).
+_OptionFields = options_dataclass("_OptionFields", OPTIONS, module=__name__)
 
 
 @dataclass
-class FreezingTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` with the options that decide which parameters train.
-
-    Parameters:
-        > What is frozen
-
-        freeze (`list[str]`, defaults to `[]`):
-            Regex patterns over `model.named_parameters()` names; a pattern matches whole dot-separated
-            segments (`layer.1` matches `encoder.layer.1.output.dense.bias`, not `encoder.layer.10...`).
-        unfreeze (`list[str]`, defaults to `[]`):
-            Patterns of parameters that train whatever `freeze` and the shortcuts say.
-        freeze_embeddings (`bool`, defaults to `False`):
-            Freeze the input embedding block (token, position, token-type embeddings and their norm).
-        freeze_layers (`str` or `int`, *optional*):
-            Layers of the main stack to freeze: `8` (bottom 8), `":8"`, `"-2:"`, `"0,3:5"`, `"all"`.
-        layer_stack (`str`, *optional*):
-            Pattern naming the layer stack(s) `freeze_layers` addresses, e.g. `"encoder.layer"`.
-        train_head (`bool`, defaults to `True`):
-            The task head trains whatever the other rules say.
-        freeze_norm_stats (`bool`, defaults to `True`):
-            Frozen BatchNorm-style layers keep their running statistics fixed.
-        freeze_strict (`bool`, defaults to `True`):
-            A pattern that matches no parameter is an error (`False`: a warning).
-
-        > How the trainable part trains
-
-        layer_lr_decay (`float`, defaults to `1.0`):
-            Layer `i` of `L` gets `lr * decay**(L - i)`, the embeddings `lr * decay**(L + 1)`, the head `lr`.
-        unfreeze_strategy (`str`, defaults to `"no"`):
-            Gradual unfreezing: `"no"`, `"steps"` or `"epoch"`.
-        unfreeze_steps (`float`, defaults to `1`):
-            Every this many steps (or epochs) the next frozen layers are unfrozen.
-        unfreeze_layers_per_event (`int`, defaults to `1`):
-            How many frozen layers each event unfreezes.
-
-        > Checkpoints
-
-        save_only_trainable (`bool`, defaults to `False`):
-            Each `checkpoint-N` folder holds only the trainable tensors plus a fingerprint of the frozen
-            weights; resume checks the fingerprint. The final `save_model` still writes the full model.
-    """
-
-    freeze: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Regex patterns of parameters to freeze, matched on whole name segments, e.g. "
-                  "`--freeze embeddings 'encoder.layer.[0-3]'`; repeating the flag adds patterns.",
-                  "action": ExtendAction},
-    )
-    unfreeze: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Regex patterns of parameters that train whatever the other rules say, e.g. "
-                  "`--unfreeze 'layer.3.output'`; repeating the flag adds patterns.",
-                  "action": ExtendAction},
-    )
-    freeze_embeddings: bool = field(
-        default=False,
-        metadata={"help": "Freeze the input embedding block (token/position/type embeddings and their norm), "
-                  "e.g. `--freeze_embeddings`."},
-    )
-    freeze_layers: str | None = field(
-        default=None,
-        metadata={"help": "Layers of the main layer stack to freeze: a count from the bottom, a Python-style "
-                  "slice, a comma list or 'all', e.g. `--freeze_layers :8` (bounds outside the stack are errors). "
-                  "A negative slice such as `--freeze_layers -2:` works in the recipes and `hf-freeze inspect`; "
-                  "a plain HfArgumentParser needs `--freeze_layers=-2:` or "
-                  "`hf_freeze.parsing.accept_negative_values(parser)`."},
-    )
-    layer_stack: str | None = field(
-        default=None,
-        metadata={"help": "Pattern naming the layer stack(s) that `freeze_layers` addresses, e.g. "
-                  "`--layer_stack encoder.layer` (default: the main stack(s) found automatically)."},
-    )
-    train_head: bool = field(
-        default=True,
-        metadata={"help": "Keep the task head trainable whatever the other rules say, e.g. `--train_head false`."},
-    )
-    freeze_norm_stats: bool = field(
-        default=True,
-        metadata={"help": "Frozen normalization layers (BatchNorm etc.) keep their running statistics fixed, "
-                  "e.g. `--freeze_norm_stats false` to let them update."},
-    )
-    freeze_strict: bool = field(
-        default=True,
-        metadata={"help": "A freeze/unfreeze pattern that matches no parameter is an error (false: a warning), "
-                  "e.g. `--freeze_strict false`."},
-    )
-    layer_lr_decay: float = field(
-        default=1.0,
-        metadata={"help": "Layer-wise learning-rate decay in (0, 1]: layer i of L gets lr * decay**(L - i), the "
-                  "embeddings lr * decay**(L + 1), the head lr, e.g. `--layer_lr_decay 0.9` (1.0 = off)."},
-    )
-    unfreeze_strategy: str = field(
-        default="no",
-        metadata={"help": "Gradual unfreezing schedule, as `save_strategy` works, e.g. `--unfreeze_strategy epoch`.",
-                  "choices": list(UNFREEZE_STRATEGIES)},
-    )
-    unfreeze_steps: float = field(
-        default=1,
-        metadata={"help": "Every this many steps (or epochs) the next frozen layers are unfrozen; a float in (0, 1) "
-                  "is a fraction of the total steps, e.g. `--unfreeze_steps 100`."},
-    )
-    unfreeze_layers_per_event: int = field(
-        default=1,
-        metadata={"help": "How many frozen layers each unfreezing event unfreezes, e.g. "
-                  "`--unfreeze_layers_per_event 2`."},
-    )
-
-    save_only_trainable: bool = field(
-        default=False,
-        metadata={"help": "Checkpoints (checkpoint-N folders) hold only the trainable tensors and a fingerprint of "
-                  "the frozen weights, checked on resume; the final model is still saved whole, e.g. "
-                  "`--save_only_trainable`."},
-    )
+class FreezingTrainingArguments(_OptionFields, TrainingArguments):
+    """``TrainingArguments`` with the options that decide which parameters train."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.freeze_spec = FreezeSpec(
-            freeze=self.freeze,
-            unfreeze=self.unfreeze,
-            freeze_embeddings=self.freeze_embeddings,
-            freeze_layers=self.freeze_layers,
-            layer_stack=self.layer_stack,
-            train_head=self.train_head,
-            freeze_norm_stats=self.freeze_norm_stats,
-            freeze_strict=self.freeze_strict,
-        )
-        # FreezeSpec normalises these ("none" -> None, one pattern -> a list); keep the fields in step.
-        self.freeze, self.unfreeze = self.freeze_spec.freeze, self.freeze_spec.unfreeze
-        self.freeze_layers = self.freeze_spec.freeze_layers
-        self.layer_stack = self.freeze_spec.layer_stack
+        self.freeze_spec = FreezeSpec(**{o.name: getattr(self, o.name) for o in SPEC_OPTIONS})
+        # FreezeSpec normalises values ("none" -> None, one pattern -> a list); keep the fields in step.
+        for option in SPEC_OPTIONS:
+            setattr(self, option.name, getattr(self.freeze_spec, option.name))
         self._validate_schedule_options()
 
     def _validate_schedule_options(self) -> None:
@@ -188,17 +71,17 @@ class FreezingTrainingArguments(TrainingArguments):
             raise InvalidOptionError(
                 f"`unfreeze_layers_per_event`={layers!r} is not valid: use a whole number >= 1, e.g. 2."
             )
+        if self.unfreeze_strategy != "no" and not self.freeze_spec.freezes_anything:
+            raise InvalidOptionError(
+                f"`unfreeze_strategy`={self.unfreeze_strategy!r} has nothing to unfreeze: set `freeze_layers` "
+                "(and/or `freeze_embeddings`) to say what starts frozen, or set unfreeze_strategy='no'."
+            )
         if self.save_only_trainable and not self.freezing_enabled:
             raise InvalidOptionError(
                 "`save_only_trainable`=True needs a freezing option (e.g. `freeze_layers`, `freeze_embeddings`, "
                 "`freeze`) that says what is frozen; without one everything trains and a checkpoint is the whole "
                 "model. Set a freezing option, or save_only_trainable=False (a PEFT model's checkpoints already "
                 "hold only its adapter)."
-            )
-        if self.unfreeze_strategy != "no" and not self.freeze_spec.freezes_anything:
-            raise InvalidOptionError(
-                f"`unfreeze_strategy`={self.unfreeze_strategy!r} has nothing to unfreeze: set `freeze_layers` "
-                "(and/or `freeze_embeddings`) to say what starts frozen, or set unfreeze_strategy='no'."
             )
 
     @property
@@ -210,3 +93,8 @@ class FreezingTrainingArguments(TrainingArguments):
     def freezing_enabled(self) -> bool:
         """True when any option changes what trains (the trainer is then more than plain ``Trainer``)."""
         return self.freeze_spec.freezes_anything or self.layer_lr_decay != 1.0 or self.unfreeze_strategy != "no"
+
+
+
+# The Parameters section, TRL style, generated from the declarations.
+FreezingTrainingArguments.__doc__ = f"{FreezingTrainingArguments.__doc__}\n\n{options_docstring(OPTIONS)}"

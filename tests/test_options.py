@@ -74,7 +74,7 @@ def test_values_handed_to_the_spec_are_the_spec_options(tmp_path):
 
 def test_plan_options_are_the_declared_training_options():
     assert TRAINER_PLAN_OPTIONS == PLAN_TRAINING_OPTIONS == (
-        "layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event")
+        "layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event", "save_only_trainable")
 
 
 def test_inspect_flags_are_exactly_the_spec_options():
@@ -107,13 +107,13 @@ def test_readme_holds_the_generated_table():
 
 
 def test_a_new_option_is_one_declaration(tmp_path):
-    """A bool option declared like the ones to come (save_only_trainable) gets a field, a flag and a row."""
-    new = Option("save_only_trainable", bool, False, "checkpoints hold only what trains",
-                 "--save_only_trainable", TRAINING)
+    """A bool option declared like the one to come (cache_frozen_features) gets a field, a flag and a row."""
+    new = Option("cache_frozen_features", bool, False, "run the frozen prefix once per distinct input",
+                 "--cache_frozen_features", TRAINING)
     fields_cls = options_dataclass("Fields", (*OPTIONS, new))
-    (parsed,) = HfArgumentParser(fields_cls).parse_args_into_dataclasses(args=["--save_only_trainable"])
-    assert parsed.save_only_trainable is True and parsed.freeze == []
-    assert "| `save_only_trainable` | `bool`, `False` | Trainer |" in options_table((*OPTIONS, new))
+    (parsed,) = HfArgumentParser(fields_cls).parse_args_into_dataclasses(args=["--cache_frozen_features"])
+    assert parsed.cache_frozen_features is True and parsed.freeze == []
+    assert "| `cache_frozen_features` | `bool`, `False` | Trainer |" in options_table((*OPTIONS, new))
 
 
 @pytest.mark.parametrize("argv", [["--help"]])

@@ -256,7 +256,17 @@ class FreezePlan:
         if os.path.isdir(path):
             path = os.path.join(path, PLAN_FILE)
         with open(path, encoding="utf-8") as handle:
-            return cls.from_json(handle.read())
+            text = handle.read()
+        try:
+            return cls.from_json(text)
+        except PlanMismatchError as err:
+            raise PlanMismatchError(f"{os.fspath(path)!r}: {err}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # truncated, not JSON, not a plan
+            raise PlanMismatchError(
+                f"{os.fspath(path)!r} is not a readable freeze plan ({type(err).__name__}: {err}); the file is "
+                "truncated or was edited. Restore it from the run that wrote it, or delete it and resolve the plan "
+                "again."
+            ) from None
 
 
 def _shape(param) -> list[int]:

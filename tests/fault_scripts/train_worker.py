@@ -1,0 +1,118 @@
+"""Training worker for tests/test_faults.py (and benchmarks/long_run.py's sibling checks).
+
+Trains a tiny BERT with FreezingTrainer (embeddings and layers 0-1 frozen, layer-wise LR decay), a
+checkpoint every ``--save_steps`` steps. It can stop itself at a chosen point and wait there, so the
+test can SIGKILL it exactly there (no timing race):
+
+- ``--hang_after_step K``: in ``on_step_end`` of step K, before that step's checkpoint is written;
+- ``--hang_in_save K:PHASE``: while writing checkpoint-K, ``PHASE`` = ``before_optimizer`` (model and
+  freeze_plan.json written, optimizer.pt not yet) or ``mid_optimizer`` (half of optimizer.pt written).
+
+It writes ``<marker>`` when it reaches the point, then sleeps. ``--resume`` continues with
+``train(resume_from_checkpoint=True)``. At the end it saves the final weights to ``--result``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tiny_models import build  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+
+from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
+
+
+class TokenData(torch.utils.data.Dataset):
+    def __init__(self, n: int = 32):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randint(0, 99, (n, 8), generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def hang(marker: str) -> None:
+    with open(marker, "w") as handle:
+        handle.write(str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+
+class HangAfterStep(TrainerCallback):
+    def __init__(self, step: int, marker: str):
+        self.step, self.marker = step, marker
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            hang(self.marker)
+
+
+def hang_in_save(step: int, phase: str, marker: str) -> None:
+    """Wrap torch.save (this test process only) to stop inside the write of checkpoint-``step``."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        path = os.fspath(f) if isinstance(f, (str, os.PathLike)) else ""
+        if path.endswith(os.path.join(f"checkpoint-{step}", "optimizer.pt")):
+            if phase == "mid_optimizer":
+                buffer = io.BytesIO()
+                real_save(obj, buffer, *args, **kwargs)
+                data = buffer.getvalue()
+                with open(path, "wb") as handle:
+                    handle.write(data[: len(data) // 2])
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            hang(marker)
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--max_steps", type=int, default=8)
+    parser.add_argument("--save_steps", type=int, default=2)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume_from", default=None)
+    parser.add_argument("--hang_after_step", type=int, default=None)
+    parser.add_argument("--hang_in_save", default=None)
+    parser.add_argument("--marker", default=None)
+    cli = parser.parse_args()
+
+    args = FreezingTrainingArguments(
+        cli.output_dir, freeze_embeddings=True, freeze_layers=":2", layer_lr_decay=0.8, max_steps=cli.max_steps,
+        per_device_train_batch_size=4, learning_rate=1e-2, weight_decay=0.1, report_to="none", use_cpu=True,
+        disable_tqdm=True, save_strategy="steps", save_steps=cli.save_steps, logging_steps=1, seed=42,
+        dataloader_num_workers=0,
+    )
+    callbacks = [HangAfterStep(cli.hang_after_step, cli.marker)] if cli.hang_after_step else []
+    if cli.hang_in_save:
+        step, phase = cli.hang_in_save.split(":")
+        hang_in_save(int(step), phase, cli.marker)
+    model = build("bert")
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData(), callbacks=callbacks)
+    last = get_last_checkpoint(cli.output_dir) if cli.resume and os.path.isdir(cli.output_dir) else None
+    resume = cli.resume_from or (True if last else None)  # True: FreezingTrainer picks the last checkpoint
+    trainer.train(resume_from_checkpoint=resume)
+    torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, cli.result)
+    with open(cli.result + ".json", "w") as handle:
+        json.dump({"global_step": trainer.state.global_step, "resumed_from": cli.resume_from or last}, handle)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,12 +12,20 @@ option at its default, which is how a plain run over a plain checkpoint stays ``
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from dataclasses import fields
 from typing import Any
 
 from ..core.plan import PLAN_FILE, FreezePlan
 from ..core.spec import FreezeSpec
 from ..errors import PlanMismatchError
+
+logger = logging.getLogger("hf_freeze")
+
+TRAINER_STATE_FILE = "trainer_state.json"  # the last file Trainer writes into a checkpoint folder
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 # Decides only whether a pattern without hits is an error or a warning: nothing about training.
 _NOT_COMPARED = ("freeze_strict",)
@@ -125,3 +133,26 @@ def check_resume(checkpoint: str, saved: FreezePlan | None, current: FreezePlan 
             "they cannot be checked; resume with the values the checkpoint was trained with."
         ]
     return []
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` that was written to the end, or None.
+
+    ``Trainer`` writes a checkpoint folder in place and ``trainer_state.json`` last, while
+    ``get_last_checkpoint`` only compares folder names: a run killed while saving leaves a newer,
+    half-written folder that ``resume_from_checkpoint=True`` would pick (and fail on, or resume from
+    a model without its optimizer state). Folders without ``trainer_state.json`` are skipped, with a
+    warning each.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT.fullmatch(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    for _, path in sorted(found, reverse=True):
+        if os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
+            return path
+        logger.warning(f"Skipping {path}: it has no {TRAINER_STATE_FILE}, so it was not written to the end.")
+    return None

@@ -26,7 +26,6 @@ from typing import Any
 
 from torch import nn
 from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..core import adapters
 from ..core.plan import PLAN_FILE, FreezePlan
@@ -36,7 +35,7 @@ from . import backend
 from . import param_groups as optim
 from .checkpointing import PartialCheckpointMixin
 from .model_card import add_to_model_card
-from .resume import check_resume
+from .resume import check_resume, last_complete_checkpoint
 from .unfreezing import GradualUnfreezing, advance
 
 logger = logging.getLogger("hf_freeze")
@@ -228,7 +227,7 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir) or True
         self._resume_checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         if self._unfreezing is not None:
             self._unfreezing.restart(self.model)  # gradual unfreezing starts again from stage 0

@@ -107,24 +107,28 @@ def walk_model(model: nn.Module) -> ModelIndex:
     """
     modules: dict[str, nn.Module] = {}
     params: dict[str, nn.Parameter] = {}
-    ties: dict[str, list[str]] = {}
-    first_name: dict[int, str] = {}
 
     def visit(prefix: str, module: nn.Module) -> None:
         modules[prefix[:-1]] = module
         for name, param in module._parameters.items():
             if param is not None:
-                full = prefix + name
-                first = first_name.setdefault(id(param), full)
-                if first is full:
-                    params[full] = param
-                else:
-                    ties.setdefault(first, []).append(full)
+                params[prefix + name] = param
         for name, child in module._modules.items():
             if child is not None:
                 visit(prefix + name + ".", child)
 
     visit("", model)
+    ties: dict[str, list[str]] = {}
+    if len(set(map(id, params.values()))) != len(params):  # a tensor under several names: keep the first
+        first_name: dict[int, str] = {}
+        unique: dict[str, nn.Parameter] = {}
+        for name, param in params.items():
+            first = first_name.setdefault(id(param), name)
+            if first is name:
+                unique[name] = param
+            else:
+                ties.setdefault(first, []).append(name)
+        params = unique
     return ModelIndex(modules, params, ties)
 
 

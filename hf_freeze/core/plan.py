@@ -135,9 +135,15 @@ class FreezePlan:
         """
         with paused_gc():
             modules, params, _ = walk_model(model)
-            self.check_fits(model, params)
-            for decision in self.params:
-                params[decision.name].requires_grad_(decision.trainable)
+            # The plan lists parameters in the walk's order: pair them up, and look names up only if that fails.
+            pairs = list(zip(self.params, params.items()))
+            if len(params) != len(self.params) or not all(
+                d.name == name and d.shape == list(param.shape) for d, (name, param) in pairs
+            ):
+                self.check_fits(model, params)
+                pairs = [(d, (d.name, params[d.name])) for d in self.params]
+            for decision, (_, param) in pairs:
+                param.requires_grad_(decision.trainable)
             freeze_norm_statistics(model, self.frozen_norms, modules)
         return model
 

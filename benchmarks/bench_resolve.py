@@ -6,15 +6,23 @@ uses every kind of rule (embeddings, a layer range, a freeze and an unfreeze pat
 time of resolving, a profile lists the hf_freeze functions it spends its time in. CPU time
 (``time.process_time``) is reported next to wall time: on a shared machine it moves less.
 
+``--ratio`` measures what the issue targets instead: resolve + apply for a model of 2,000 blocks of 25
+small linears (100,000 tensors), half the blocks frozen, against one bare ``list(model.named_parameters())``
+pass, side by side in one process. Each round times both (alternating which goes first, after a
+``gc.collect()`` so neither pays for the other's garbage) and prints the ratio; the median and the
+spread over the rounds come last. Target: at most 2.5x.
+
 Usage:
     .venv/bin/python benchmarks/bench_resolve.py                 # 100k tensors, 3 repeats
     .venv/bin/python benchmarks/bench_resolve.py --blocks 2500   # 10k tensors
+    .venv/bin/python benchmarks/bench_resolve.py --ratio 7       # resolve+apply / bare walk, 7 rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -43,6 +51,49 @@ class ManyBlocks(nn.Module):
         self.head = nn.Linear(4, 2)
 
 
+class WideBlock(nn.Module):
+    """25 small linears (50 tensors) held as attributes, like the projections of a transformer block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for i in range(25):
+            self.add_module(f"fc{i}", nn.Linear(4, 4))
+
+
+class WideModel(nn.Module):
+    def __init__(self, blocks: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(WideBlock() for _ in range(blocks))
+
+
+def ratio_rounds(blocks: int, rounds: int) -> list[float]:
+    """Per round: seconds of resolve + apply over seconds of one ``list(model.named_parameters())``."""
+    with torch.device("meta"):
+        model = WideModel(blocks)
+    spec = FreezeSpec(freeze_layers=f":{blocks // 2}")
+
+    def resolve_and_apply() -> None:
+        spec.resolve(model).apply(model)
+
+    def bare() -> None:
+        list(model.named_parameters())
+
+    ratios = []
+    for r in range(rounds):
+        seconds = {}
+        for fn in (bare, resolve_and_apply) if r % 2 == 0 else (resolve_and_apply, bare):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            seconds[fn] = time.perf_counter() - start
+        ratios.append(seconds[resolve_and_apply] / seconds[bare])
+        print(
+            f"round {r + 1}: bare walk {seconds[bare]:.3f} s, resolve + apply {seconds[resolve_and_apply]:.3f} s, "
+            f"ratio {ratios[-1]:.2f}x"
+        )
+    return ratios
+
+
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Median wall and CPU seconds of ``fn`` over ``repeats`` calls."""
     walls, cpus = [], []
@@ -63,7 +114,19 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=12, help="list this many hf_freeze functions (0: none)"
     )
+    parser.add_argument(
+        "--ratio", type=int, default=0, metavar="ROUNDS",
+        help="measure resolve+apply against a bare named_parameters() pass over this many rounds (100k tensors)",
+    )
     args = parser.parse_args()
+    if args.ratio:
+        ratios = ratio_rounds(2_000, args.ratio)
+        print(
+            f"resolve + apply / list(model.named_parameters()): median {statistics.median(ratios):.2f}x "
+            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x over {len(ratios)} rounds; target <= 2.5x; "
+            f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.2f})"
+        )
+        return
 
     with torch.device("meta"):
         model = ManyBlocks(args.blocks)

@@ -56,7 +56,7 @@ def test_unfreezing_releases_the_statistics():
     model = build("resnet")
     plan = freeze_model(model, freeze_layers="all")
     stage2 = [n for n, _ in model.named_parameters() if n.startswith("resnet.encoder.stages.2.")]
-    plan.with_trainable(stage2, rule="unfreeze_schedule").apply(model)
+    plan.with_trainable(stage2, rule="unfreeze_strategy").apply(model)
     before = bn_stats(model)
     run_train_steps(model)
     after = bn_stats(model)

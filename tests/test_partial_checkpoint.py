@@ -301,7 +301,7 @@ def test_fingerprint_covers_a_tie_once_and_survives_gradual_unfreezing(tmp_path)
     names = frozen_tensor_names(model, plan)
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
     at_start = fingerprint_frozen(model, plan)
-    later = plan.with_trainable([n for n in plan.frozen_names if ".layers.2." in n], "unfreeze_schedule")
+    later = plan.with_trainable([n for n in plan.frozen_names if ".layers.2." in n], "unfreeze_strategy")
     files = save_trainable_state(model, later, tmp_path, fingerprint=at_start)
     assert fingerprint_frozen(model, later).digest in Path(files.manifest).read_text()
     load_trainable_state(make("llama"), tmp_path)

@@ -49,10 +49,10 @@ def _bars(plan: FreezePlan) -> tuple[list[str], list[int], list[int], list[tuple
     labels, frozen, trainable, spans = [], [], [], []
     for position, row in enumerate(rows):
         group = row["group"]
-        if group in _SHORT:
+        if row["layer"] is None:
             labels.append(_SHORT[group])
         else:
-            stack, _, index = group.rpartition(".")
+            stack, index = row["stack"], str(row["layer"])
             labels.append(index)
             if spans and spans[-1][0] == stack:
                 spans[-1][2] = position

@@ -19,8 +19,11 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from torch import nn
 
@@ -57,35 +60,46 @@ class LayerStack:
 
 @dataclass
 class ModelStructure:
-    """What :func:`discover` found: stacks, base-model and head prefixes, embedding and head names."""
+    """What :func:`discover` found: stacks, base-model prefix, and per parameter (canonical names) its
+    layer (``locations``: stack and block index), or whether it is part of the head or the embeddings."""
 
     stacks: list[LayerStack]
     base_prefix: str
     head_names: set[str] = field(default_factory=set)
     embedding_names: set[str] = field(default_factory=set)
-    aliases: dict[str, list[str]] = field(default_factory=dict)
+    ties: dict[str, list[str]] = field(default_factory=dict)
     params: dict[str, nn.Parameter] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
     locations: dict[str, tuple[LayerStack, int]] = field(default_factory=dict)
 
-    def locate(self, name: str) -> tuple[LayerStack, int] | None:
-        """The stack and block index a parameter name lives in, or None."""
-        for stack in self.stacks:
-            prefix = stack.path + "." if stack.path else ""
-            if name.startswith(prefix):
-                head, _, _ = name[len(prefix) :].partition(".")
-                if head.isdigit():
-                    return stack, int(head)
-        return None
+    @property
+    def aliases(self) -> dict[str, list[str]]:
+        """Tied tensors only: canonical name -> all its names, the canonical one first."""
+        return {name: [name, *others] for name, others in self.ties.items()}
 
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
-def index_model(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Parameter], dict[str, list[str]]]:
-    """One walk over the module tree: (module path -> module, canonical name -> parameter,
-    canonical name -> every name of that tensor).
+class ModelIndex(NamedTuple):
+    """What one walk of the module tree finds: module path -> module, canonical name -> parameter, and,
+    for tied tensors only, canonical name -> its other names (in ``named_parameters`` order)."""
+
+    modules: dict[str, nn.Module]
+    params: dict[str, nn.Parameter]
+    ties: dict[str, list[str]]
+
+    def names(self) -> dict[str, str]:
+        """Every parameter name, tied aliases included, -> its canonical name."""
+        names = dict(zip(self.params, self.params))
+        for canonical, others in self.ties.items():
+            names.update((other, canonical) for other in others)
+        return names
+
+
+def walk_model(model: nn.Module) -> ModelIndex:
+    """The one walk over the module tree that resolving (and applying) a plan makes.
 
     Orders and canonical names are those of ``named_modules(remove_duplicate=False)`` and
     ``named_parameters()``; walking ``_modules``/``_parameters`` directly is several times faster than
@@ -93,26 +107,48 @@ def index_model(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Pa
     """
     modules: dict[str, nn.Module] = {}
     params: dict[str, nn.Parameter] = {}
-    aliases: dict[str, list[str]] = {}
-    first_name: dict[int, str] = {}
 
     def visit(prefix: str, module: nn.Module) -> None:
-        modules.setdefault(prefix.rstrip("."), module)
+        modules[prefix[:-1]] = module
         for name, param in module._parameters.items():
             if param is not None:
-                full = prefix + name
-                first = first_name.setdefault(id(param), full)
-                if first is full:
-                    params[full] = param
-                    aliases[full] = [full]
-                else:
-                    aliases[first].append(full)
+                params[prefix + name] = param
         for name, child in module._modules.items():
             if child is not None:
-                visit(f"{prefix}{name}.", child)
+                visit(prefix + name + ".", child)
 
     visit("", model)
-    return modules, params, aliases
+    ties: dict[str, list[str]] = {}
+    if len(set(map(id, params.values()))) != len(params):  # a tensor under several names: keep the first
+        first_name: dict[int, str] = {}
+        unique: dict[str, nn.Parameter] = {}
+        for name, param in params.items():
+            first = first_name.setdefault(id(param), name)
+            if first is name:
+                unique[name] = param
+            else:
+                ties.setdefault(first, []).append(name)
+        params = unique
+    return ModelIndex(modules, params, ties)
+
+
+def index_model(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Parameter], dict[str, list[str]]]:
+    """(module path -> module, canonical name -> parameter, canonical name -> every name of that tensor)."""
+    modules, params, ties = walk_model(model)
+    return modules, params, {name: [name, *ties.get(name, ())] for name in params}
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic GC: records for 100k tensors make it rescan the whole model graph again and
+    again (half the time of a resolve), and none of what they allocate is garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def find_pretrained(model: nn.Module, modules: dict[str, nn.Module] | None = None) -> tuple[str, nn.Module]:
@@ -165,38 +201,51 @@ def _config_layer_counts(config) -> set[int]:
 STACK_CONTAINERS: tuple[type[nn.Module], ...] = (nn.ModuleList, nn.Sequential)
 
 
+def _has_params(module: nn.Module) -> bool:
+    """Whether ``module`` holds a parameter; stops at the first one found."""
+    return any(p is not None for p in module._parameters.values()) or any(
+        _has_params(child) for child in module._modules.values() if child is not None
+    )
+
+
 def _candidate_stacks(
-    root: nn.Module, root_path: str, kinds: tuple[type[nn.Module], ...] = (nn.ModuleList,)
-) -> Iterator[tuple[str, nn.Module]]:
-    """Containers of ``kinds`` holding blocks of one class, outermost only (a stack inside a block is not listed)."""
+    modules: dict[str, nn.Module], root_path: str, kinds: tuple[type[nn.Module], ...] = (nn.ModuleList,)
+) -> list[tuple[str, nn.Module]]:
+    """Containers of ``kinds`` under ``root_path`` holding blocks of one class, outermost only (a stack
+    inside a block is not listed). Reads the index; walks no module tree."""
+    found: list[tuple[str, nn.Module]] = []
+    inside = root_path + "." if root_path else ""
+    taken = None  # prefix of the last stack found: the index is in tree order, its blocks follow it
+    for path, module in modules.items():
+        if not path.startswith(inside) or path == root_path:
+            continue
+        if taken is not None and path.startswith(taken):
+            continue
+        if (
+            isinstance(module, kinds)
+            and len(module) > 0
+            and len({type(block) for block in module}) == 1
+            and _has_params(module)
+        ):
+            found.append((path, module))
+            taken = path + "."
+    return found
 
-    def walk(module: nn.Module, path: str) -> Iterator[tuple[str, nn.Module]]:
-        for name, child in module.named_children():
-            child_path = _join(path, name)
-            if (
-                isinstance(child, kinds)
-                and len(child) > 0
-                and len({type(block) for block in child}) == 1
-                and any(True for _ in child.parameters())
-            ):
-                yield child_path, child
-            else:
-                yield from walk(child, child_path)
 
-    yield from walk(root, root_path)
+def _num_params(path: str, params: dict[str, nn.Parameter]) -> int:
+    prefix = path + "." if path else ""
+    return sum(p.numel() for name, p in params.items() if name.startswith(prefix))
 
 
-def _num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def find_layer_stacks(model: nn.Module, roots: tuple[str, nn.Module, str] | None = None) -> list[LayerStack]:
+def find_layer_stacks(
+    model: nn.Module, index: ModelIndex | None = None, roots: tuple[str, nn.Module, str] | None = None
+) -> list[LayerStack]:
     """The main layer stacks of ``model`` (see the module docstring); empty when there is none."""
-    _, pretrained, base_path = roots or model_roots(model)
-    base = model.get_submodule(base_path) if base_path else model
+    index = index or walk_model(model)
+    _, pretrained, base_path = roots or model_roots(model, index.modules)
     counts = _config_layer_counts(getattr(pretrained, "config", None))
-    candidates = list(_candidate_stacks(base, base_path)) or list(
-        _candidate_stacks(base, base_path, STACK_CONTAINERS)  # no ModuleList: a Sequential of blocks (timm style)
+    candidates = _candidate_stacks(index.modules, base_path) or _candidate_stacks(
+        index.modules, base_path, STACK_CONTAINERS  # no ModuleList: a Sequential of blocks (timm style)
     )
     if not candidates:
         return []
@@ -206,9 +255,9 @@ def find_layer_stacks(model: nn.Module, roots: tuple[str, nn.Module, str] | None
     # Shared layers: the config counts more layers than there are blocks, as a multiple of them.
     shared = [(p, m, c) for p, m in candidates for c in sorted(counts) if c > len(m) and c % len(m) == 0]
     if shared:
-        path, module, count = _largest(shared, key=lambda item: _num_params(item[1]))
+        path, module, count = _largest(shared, key=lambda item: _num_params(item[0], index.params))
         return [LayerStack(path, len(module), count)]
-    path, module = _largest(candidates, key=lambda item: (_num_params(item[1]), len(item[1])))
+    path, module = _largest(candidates, key=lambda item: (_num_params(item[0], index.params), len(item[1])))
     return [LayerStack(path, len(module), len(module))]
 
 
@@ -217,82 +266,121 @@ def _largest(items: list, key):
     return items[0] if len(items) == 1 else max(items, key=key)
 
 
-def named_stack_candidates(model: nn.Module) -> list[str]:
+def named_stack_candidates(model: nn.Module, modules: dict[str, nn.Module] | None = None) -> list[str]:
     """Every non-empty ModuleList or Sequential path in the model, for ``layer_stack`` hints and explicit naming."""
-    return [
-        path
-        for path, module in model.named_modules()
-        if path and isinstance(module, STACK_CONTAINERS) and len(module)
-    ]
+    seen: set[int] = set()
+    found = []
+    for path, module in (walk_model(model).modules if modules is None else modules).items():
+        if path and isinstance(module, STACK_CONTAINERS) and len(module) and id(module) not in seen:
+            seen.add(id(module))
+            found.append(path)
+    return found
 
 
-def stack_from_path(model: nn.Module, path: str) -> LayerStack:
-    module = model.get_submodule(path)
+def stack_from_path(model: nn.Module, path: str, modules: dict[str, nn.Module] | None = None) -> LayerStack:
+    module = modules[path] if modules is not None else model.get_submodule(path)
     return LayerStack(path, len(module), len(module))
 
 
-def _owner(name: str) -> str:
-    return name.rpartition(".")[0]
+_HEAD, _EMBEDDING = "head", "embedding"
+# What a module (and so each parameter it owns) belongs to: a layer (stack, block index), the head, the
+# embedding block, or nothing (None).
+_Where = tuple[LayerStack, int] | str | None
 
 
-def discover(model: nn.Module, stacks: list[LayerStack] | None = None) -> ModelStructure:
-    """Analyse ``model`` once; the plan reads everything it needs from the result."""
-    modules, params, aliases = index_model(model)
-    roots = model_roots(model, modules)
-    pretrained_path, pretrained, base_path = roots
-    stacks = find_layer_stacks(model, roots) if stacks is None else stacks
-    structure = ModelStructure(stacks=stacks, base_prefix=base_path, aliases=aliases, params=params, modules=modules)
+def discover(
+    model: nn.Module, stacks: list[LayerStack] | None = None, index: ModelIndex | None = None
+) -> ModelStructure:
+    """Analyse ``model`` from one walk (``index``, made here if not given); the plan reads the result."""
+    index = index or walk_model(model)
+    modules, params, ties = index
+    pretrained_path, pretrained, base_path = roots = model_roots(model, modules)
+    stacks = find_layer_stacks(model, index, roots) if stacks is None else stacks
+    structure = ModelStructure(stacks=stacks, base_prefix=base_path, ties=ties, params=params, modules=modules)
 
-    def under(name: str, prefix: str) -> bool:
-        return not prefix or name == prefix or name.startswith(prefix + ".")
-
-    def paths_of(method: str) -> list[str]:
-        getter = getattr(pretrained, method, None)
-        try:
-            found = getter() if callable(getter) else None
-        except (NotImplementedError, AttributeError):
-            found = None
-        return [p for p, m in modules.items() if m is found] if isinstance(found, nn.Module) else []
-
-    output_prefixes = paths_of("get_output_embeddings")
-    input_parent = None
-    input_paths = paths_of("get_input_embeddings")
+    # The few modules where membership changes; every other module inherits its parent's (the index is
+    # in tree order, so a parent is always placed before its children). The head outranks a layer, a
+    # layer outranks the embedding block.
+    roots: dict[str, _Where] = {}
+    if base_path != pretrained_path:  # the head: the PreTrainedModel outside its base model
+        roots[pretrained_path] = _HEAD
+        roots[base_path] = None
+    for stack in stacks:
+        for key in modules[stack.path]._modules if stack.path in modules else ():
+            if key.isdigit():
+                roots.setdefault(_join(stack.path, key), (stack, int(key)))
+    output, input_layer = _getter(pretrained, "get_output_embeddings"), _getter(pretrained, "get_input_embeddings")
+    output_paths, input_paths = _paths_of(modules, output), _paths_of(modules, input_layer)
     if input_paths:
-        parent = _owner(input_paths[0])
+        parent = input_paths[0].rpartition(".")[0]
         # Only a dedicated block (BertEmbeddings), never a module that also holds the layers.
-        if parent and parent not in (base_path, pretrained_path) and not any(under(s.path, parent) for s in stacks):
-            input_parent = parent
-    has_head = base_path != pretrained_path
+        if (
+            parent
+            and parent not in (base_path, pretrained_path)
+            and not any(s.path == parent or s.path.startswith(parent + ".") for s in stacks)
+        ):
+            roots.setdefault(parent, _EMBEDDING)
+    roots.update((path, _HEAD) for path in output_paths)
 
-    # Classify per owning module (tensors of one module share the answer), then per tensor.
-    owner_class: dict[str, tuple[tuple[LayerStack, int] | None, bool, bool]] = {}
+    where: dict[str, _Where] = {}
+    missing = object()
+    for path in modules:
+        parent = where[path.rpartition(".")[0]] if path else None
+        root = roots.get(path, missing)
+        if root is missing:
+            place = parent
+        elif root is _HEAD:
+            place = root
+        elif root is None:  # the base model, where the head region ends
+            place = _EMBEDDING if "embed" in path.lower() else None
+        elif root is _EMBEDDING:
+            place = parent if parent is not None else _EMBEDDING
+        else:
+            place = _HEAD if parent is _HEAD else root
+        if place is None and "embed" in path.rpartition(".")[2].lower():
+            place = _EMBEDDING
+        where[path] = place
 
-    def classify(owner: str) -> tuple[tuple[LayerStack, int] | None, bool, bool]:
-        if owner not in owner_class:
-            in_head = (has_head and under(owner, pretrained_path) and not under(owner, base_path)) or any(
-                under(owner, p) for p in output_prefixes
-            )
-            location = None if in_head else structure.locate(owner + ".")
-            embedding = (
-                not in_head
-                and location is None
-                and (
-                    "embed" in owner.lower()
-                    or isinstance(modules.get(owner), nn.Embedding)
-                    or (input_parent is not None and under(owner, input_parent))
-                )
-            )
-            owner_class[owner] = (location, in_head, embedding)
-        return owner_class[owner]
+    head, embeddings, locations = structure.head_names, structure.embedding_names, structure.locations
 
-    for name, all_names in aliases.items():
-        for alias in all_names:
-            owner, _, leaf = alias.rpartition(".")
-            location, in_head, embedding = classify(owner)
-            if in_head:
-                structure.head_names.add(name)
-            elif location is not None:
-                structure.locations.setdefault(name, location)
-            elif embedding or "embed" in leaf.lower():
-                structure.embedding_names.add(name)
+    def record(name: str, alias: str) -> None:
+        owner, _, leaf = alias.rpartition(".")
+        place = where[owner]
+        if place is _HEAD:
+            head.add(name)
+        elif place is _EMBEDDING:
+            embeddings.add(name)
+        elif place is not None:
+            locations.setdefault(name, place)
+        elif "embed" in leaf.lower() or isinstance(modules[owner], nn.Embedding):
+            embeddings.add(name)
+
+    for name in params:  # record(name, name) inlined: this loop runs once per tensor
+        owner, _, leaf = name.rpartition(".")
+        place = where[owner]
+        if place is None:
+            if "embed" in leaf.lower() or isinstance(modules[owner], nn.Embedding):
+                embeddings.add(name)
+        elif place is _HEAD:
+            head.add(name)
+        elif place is _EMBEDDING:
+            embeddings.add(name)
+        else:
+            locations[name] = place
+    for name, others in ties.items():
+        for alias in others:
+            record(name, alias)
     return structure
+
+
+def _paths_of(modules: dict[str, nn.Module], target: nn.Module | None) -> list[str]:
+    return [] if target is None else [path for path, module in modules.items() if module is target]
+
+
+def _getter(pretrained: nn.Module, method: str) -> nn.Module | None:
+    getter = getattr(pretrained, method, None)
+    try:
+        found = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        found = None
+    return found if isinstance(found, nn.Module) else None

@@ -10,7 +10,7 @@ a typo must not silently freeze fewer layers than asked.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import LayerRangeError
 
@@ -22,9 +22,13 @@ _VALID = "an int n (bottom n layers), 'all', a slice like ':8', '-2:' or '2:10',
 
 @dataclass(frozen=True)
 class LayerSelection:
-    """A validated ``freeze_layers`` value; :meth:`indices` resolves it against a stack length."""
+    """A parsed ``freeze_layers`` value; :meth:`indices` resolves it against a stack length.
+
+    The text is read once, by :meth:`parse`; ``parts`` holds what it says.
+    """
 
     text: str
+    parts: tuple[tuple[str, tuple[int | None, ...]], ...] = field(compare=False)
 
     @classmethod
     def parse(cls, value: int | str | None) -> LayerSelection | None:
@@ -38,45 +42,13 @@ class LayerSelection:
                     f"`freeze_layers`={value} is negative: an int freezes the bottom n layers. "
                     f"To freeze the top {-value} layers write '{value}:'."
                 )
-            return cls(str(value))
+            return cls(str(value), (("bottom", (value,)),))
         if not isinstance(value, str) or not value.strip():
             raise LayerRangeError(f"`freeze_layers`={value!r} is not valid: use {_VALID}.")
         text = value.strip()
         if text.lower() in ("none", ""):
             return None
-        selection = cls(text)
-        selection._parts()  # validates the syntax now, before any model is seen
-        return selection
-
-    def _parts(self) -> list[tuple[str, tuple[int | None, ...]]]:
-        if self.text.lower() == "all":
-            return [("slice", (None, None, None))]
-        parts = []
-        chunks = self.text.split(",")
-        for chunk in chunks:
-            index = _INDEX.match(chunk)
-            if index:
-                value = int(index.group(1))
-                if len(chunks) == 1:  # a lone number means "the bottom n", like the int form
-                    if value < 0:
-                        raise LayerRangeError(
-                            f"`freeze_layers`={self.text!r}: a single number freezes the bottom n layers and "
-                            f"cannot be negative; write '{value}:' for the top {-value} layers."
-                        )
-                    parts.append(("bottom", (value,)))
-                else:
-                    parts.append(("index", (value,)))
-                continue
-            sliced = _SLICE.match(chunk)
-            if not sliced:
-                raise LayerRangeError(
-                    f"`freeze_layers`={self.text!r}: cannot read {chunk.strip()!r}. Use {_VALID}."
-                )
-            start, stop, step = (int(g) if g is not None else None for g in sliced.groups())
-            if step == 0:
-                raise LayerRangeError(f"`freeze_layers`={self.text!r}: a slice step cannot be zero.")
-            parts.append(("slice", (start, stop, step)))
-        return parts
+        return cls(text, _read(text))
 
     def indices(self, num_layers: int, stack: str = "the layer stack") -> list[int]:
         """The sorted layer indexes selected in a stack of ``num_layers`` layers.
@@ -91,7 +63,7 @@ class LayerSelection:
                 f"(valid indexes 0..{num_layers - 1} or -{num_layers}..-1). Bounds are not clamped."
             )
 
-        for kind, values in self._parts():
+        for kind, values in self.parts:
             if kind == "bottom":
                 (count,) = values
                 if count > num_layers:
@@ -117,3 +89,35 @@ class LayerSelection:
 
     def __str__(self) -> str:
         return self.text
+
+
+def _read(text: str) -> tuple[tuple[str, tuple[int | None, ...]], ...]:
+    """The parts of a ``freeze_layers`` text; raises :class:`LayerRangeError` on bad syntax."""
+    if text.lower() == "all":
+        return (("slice", (None, None, None)),)
+    parts: list[tuple[str, tuple[int | None, ...]]] = []
+    chunks = text.split(",")
+    for chunk in chunks:
+        index = _INDEX.match(chunk)
+        if index:
+            value = int(index.group(1))
+            if len(chunks) == 1:  # a lone number means "the bottom n", like the int form
+                if value < 0:
+                    raise LayerRangeError(
+                        f"`freeze_layers`={text!r}: a single number freezes the bottom n layers and "
+                        f"cannot be negative; write '{value}:' for the top {-value} layers."
+                    )
+                parts.append(("bottom", (value,)))
+            else:
+                parts.append(("index", (value,)))
+            continue
+        sliced = _SLICE.match(chunk)
+        if not sliced:
+            raise LayerRangeError(
+                f"`freeze_layers`={text!r}: cannot read {chunk.strip()!r}. Use {_VALID}."
+            )
+        start, stop, step = (int(g) if g is not None else None for g in sliced.groups())
+        if step == 0:
+            raise LayerRangeError(f"`freeze_layers`={text!r}: a slice step cannot be zero.")
+        parts.append(("slice", (start, stop, step)))
+    return tuple(parts)

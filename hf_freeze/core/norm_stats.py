@@ -7,7 +7,7 @@ frozen norm layer back into eval mode right before it runs, whatever ``train()``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
@@ -42,19 +42,33 @@ def freeze_norm_statistics(model: nn.Module, names: Iterable[str], modules: dict
             module.training = model.training
 
 
-def frozen_norm_modules(modules: dict[str, nn.Module], trainable: dict[str, bool]) -> list[str]:
-    """Norm modules with running stats whose parameters are all frozen (or, without parameters of
-    their own, whose parent's parameters are all frozen)."""
+def frozen_norms(
+    norms: Iterable[str], names: Mapping[str, str], trainable: Mapping[str, bool]
+) -> list[str]:
+    """The norm modules (of ``norms``, module paths) whose statistics stay fixed: those whose
+    parameters are all frozen. The one ownership rule: a norm's parameters are its own, or, for a
+    norm without parameters of its own (``affine=False``), every parameter of its parent module.
+
+    ``names`` maps each parameter name, tied aliases included, to its canonical name; ``trainable``
+    maps canonical names to their flag. Works on names only, so a saved plan can be re-checked.
+    """
+    norms = list(norms)
+    if not norms:
+        return []
+    wanted = set(norms)
+    own: dict[str, list[str]] = {}
+    for name, canonical in names.items():
+        owner = name.rpartition(".")[0]
+        if owner in wanted:
+            own.setdefault(owner, []).append(canonical)
     result = []
-    for name, module in modules.items():
-        if not has_running_stats(module):
-            continue
-        own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
-        if not own:
-            parent = name.rpartition(".")[0]
-            owner = modules[parent]
-            own = [f"{parent}.{n}" if parent else n for n, _ in owner.named_parameters()]
-        known = [n for n in own if n in trainable]
+    for norm in norms:
+        deciding = own.get(norm)
+        if deciding is None:
+            parent = norm.rpartition(".")[0]
+            prefix = parent + "." if parent else ""
+            deciding = [canonical for name, canonical in names.items() if name.startswith(prefix)]
+        known = [n for n in deciding if n in trainable]
         if known and not any(trainable[n] for n in known):
-            result.append(name)
+            result.append(norm)
     return result

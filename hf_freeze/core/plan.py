@@ -15,8 +15,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import PlanMismatchError
-from .discovery import index_model
-from .norm_stats import freeze_norm_statistics
+from .discovery import ModelIndex, paused_gc, walk_model
+from .norm_stats import freeze_norm_statistics, frozen_norms
+from .rules import AppliedRule, Rule
 
 PLAN_FILE = "freeze_plan.json"
 GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER = "embeddings", "head", "other"
@@ -26,15 +27,17 @@ GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER = "embeddings", "head", "other"
 class ParamDecision:
     """One parameter: its name, shape, size, whether it trains and the rule that decided it.
 
-    ``group`` is ``"embeddings"``, ``"head"``, ``"other"`` or a layer ``"<stack path>.<index>"``;
-    ``stack``/``layer`` locate layer parameters; ``aliases`` lists the other names of a tied tensor.
+    ``rule`` is an :class:`AppliedRule` (compare ``rule.kind`` and ``rule.pattern``; its text is for
+    reports and JSON). ``stack``/``layer`` locate layer parameters (a layer is ``(stack, layer)``);
+    ``group`` is a display label: ``"embeddings"``, ``"head"``, ``"other"`` or ``"<stack>.<layer>"``,
+    never to be parsed. ``aliases`` lists the other names of a tied tensor.
     """
 
     name: str
     shape: list[int]
     numel: int
     trainable: bool
-    rule: str
+    rule: AppliedRule
     group: str
     stack: str | None = None
     layer: int | None = None
@@ -99,6 +102,10 @@ class FreezePlan:
     def check_fits(self, model: nn.Module, params: dict[str, nn.Parameter] | None = None) -> None:
         """Raise :class:`PlanMismatchError` naming what differs when ``model`` is not the planned one."""
         params = params if params is not None else dict(model.named_parameters())
+        if len(params) == len(self.params) and all(
+            (param := params.get(d.name)) is not None and _shape(param) == d.shape for d in self.params
+        ):
+            return
         actual = {name: _shape(param) for name, param in params.items()}
         planned = {p.name: p.shape for p in self.params}
         missing = sorted(set(planned) - set(actual))
@@ -123,24 +130,34 @@ class FreezePlan:
     def apply(self, model: nn.Module) -> nn.Module:
         """Set ``requires_grad`` per the plan and fix the statistics of frozen norm layers.
 
-        Idempotent: applying the same (or an updated) plan again only changes what differs.
+        Idempotent: applying the same (or an updated) plan again only changes what differs. Walks the
+        module tree once.
         """
-        modules, params, _ = index_model(model)
-        self.check_fits(model, params)
-        for decision in self.params:
-            params[decision.name].requires_grad_(decision.trainable)
-        freeze_norm_statistics(model, self.frozen_norms, modules)
+        with paused_gc():
+            modules, params, _ = walk_model(model)
+            # The plan lists parameters in the walk's order: pair them up, and look names up only if that fails.
+            pairs = list(zip(self.params, params.items()))
+            if len(params) != len(self.params) or not all(
+                d.name == name and d.shape == list(param.shape) for d, (name, param) in pairs
+            ):
+                self.check_fits(model, params)
+                pairs = [(d, (d.name, params[d.name])) for d in self.params]
+            for decision, (_, param) in pairs:
+                param.requires_grad_(decision.trainable)
+            freeze_norm_statistics(model, self.frozen_norms, modules)
         return model
 
-    def with_trainable(self, names: list[str], rule: str) -> FreezePlan:
-        """A copy of the plan where ``names`` train, decided by ``rule`` (used by gradual unfreezing)."""
+    def with_trainable(self, names: list[str], rule: AppliedRule | Rule | str = Rule.UNFREEZE_STRATEGY) -> FreezePlan:
+        """A copy of the plan where ``names`` train, decided by ``rule`` (gradual unfreezing by default)."""
         wanted = set(names)
+        decided = AppliedRule.of(rule)
         params = [
-            replace(p, trainable=True, rule=rule) if p.name in wanted else replace(p) for p in self.params
+            replace(p, trainable=True, rule=decided) if p.name in wanted else replace(p) for p in self.params
         ]
         plan = replace(self, params=params, stage=self.stage + 1)
-        frozen = {p.name for p in params if not p.trainable}
-        plan.frozen_norms = [m for m in self.frozen_norms if all(n in frozen for n in _norm_params(self, m))]
+        if self.frozen_norms:
+            index = ModelIndex({}, {p.name: p for p in params}, {p.name: p.aliases for p in params if p.aliases})
+            plan.frozen_norms = frozen_norms(self.frozen_norms, index.names(), {p.name: p.trainable for p in params})
         return plan
 
     # ---------------------------------------------------------------- report
@@ -148,8 +165,10 @@ class FreezePlan:
         """Rows of the per-group table, in model order: embeddings, layers, other, head."""
         rows: dict[str, dict[str, Any]] = {}
         for p in self.params:
-            row = rows.setdefault(
-                p.group, {"group": p.group, "trainable": 0, "frozen": 0, "tensors": 0, "rules": {}}
+            row = rows.get(p.group) or rows.setdefault(
+                p.group,
+                {"group": p.group, "stack": p.stack, "layer": p.layer, "trainable": 0, "frozen": 0, "tensors": 0,
+                 "rules": {}},
             )
             row["trainable" if p.trainable else "frozen"] += p.numel
             row["tensors"] += 1
@@ -158,11 +177,9 @@ class FreezePlan:
         stack_order = {s["path"]: i for i, s in enumerate(self.stacks)}
 
         def key(row: dict[str, Any]) -> tuple:
-            group = row["group"]
-            if group in order:
-                return (order[group], 0, 0)
-            stack, _, index = group.rpartition(".")
-            return (1, stack_order.get(stack, 0), int(index))
+            if row["layer"] is None:
+                return (order.get(row["group"], 2), 0, 0)
+            return (1, stack_order.get(row["stack"], 0), row["layer"])
 
         return sorted(rows.values(), key=key)
 
@@ -202,7 +219,10 @@ class FreezePlan:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
         data = json.loads(json.dumps(data))  # a deep, JSON-safe copy of the small fields
-        data["params"] = [{f: getattr(p, f) for f in _DECISION_FIELDS} for p in self.params]  # asdict() is 10x slower
+        # asdict() is 10x slower; the rule is written as its text ("freeze:layer\\.1")
+        data["params"] = [{f: getattr(p, f) for f in _DECISION_FIELDS} for p in self.params]
+        for row in data["params"]:
+            row["rule"] = str(row["rule"])
         data["plan_hash"] = self.plan_hash
         data["totals"] = {
             "trainable": self.trainable_numel,
@@ -216,7 +236,13 @@ class FreezePlan:
         data = dict(data)
         saved_hash = data.pop("plan_hash", None)
         data.pop("totals", None)
-        data["params"] = [ParamDecision(**p) for p in data["params"]]
+        rules: dict[str, AppliedRule] = {}  # a plan has a handful of distinct rules: read each text once
+        decisions = []
+        for row in data["params"]:
+            text = row["rule"]
+            rule = rules.get(text) or rules.setdefault(text, AppliedRule.parse(text))
+            decisions.append(ParamDecision(**{**row, "rule": rule}))
+        data["params"] = decisions
         plan = cls(**data)
         if saved_hash is not None and saved_hash != plan.plan_hash:
             raise PlanMismatchError(
@@ -277,13 +303,3 @@ def _shape(param) -> list[int]:
 
 def _numel(param) -> int:
     return int(param.__dict__.get("ds_numel") or param.numel())
-
-
-def _norm_params(plan: FreezePlan, module_name: str) -> list[str]:
-    prefix = module_name + "."
-    own = [p.name for p in plan.params if p.name.startswith(prefix) and "." not in p.name[len(prefix) :]]
-    if own:
-        return own
-    parent = module_name.rpartition(".")[0]
-    parent_prefix = parent + "." if parent else ""
-    return [p.name for p in plan.params if p.name.startswith(parent_prefix)]

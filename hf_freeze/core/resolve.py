@@ -1,20 +1,24 @@
-"""Resolve a :class:`FreezeSpec` against a model: the one place where precedence is written.
+"""Resolve freezing options against a model: the one place where precedence is written.
 
-Precedence, lowest to highest (each parameter records the rule that decided it):
-``requires_grad`` (what the model arrived with) < ``freeze_embeddings`` / ``freeze_layers`` <
-``freeze:<pattern>`` < ``unfreeze:<pattern>`` < ``train_head``.
+Precedence, lowest to highest (each parameter records the rule that decided it, a
+:class:`~hf_freeze.core.rules.Rule`): ``requires_grad`` (what the model arrived with) <
+``freeze_embeddings`` / ``freeze_layers`` < ``freeze`` patterns < ``unfreeze`` patterns < ``train_head``.
 
 Rules refine what the model arrived with, never reset it: the freezing rules (shortcuts and
 ``freeze`` patterns) decide only parameters that arrived trainable, and ``train_head`` protects the
 head from them but never trains a head parameter that arrived frozen (a PEFT base weight, a head
 PEFT froze). Only an ``unfreeze`` pattern makes an arrived-frozen parameter trainable, and under
 PEFT only where the adapter saves it (:func:`~hf_freeze.core.adapters.check_saved`).
+
+The module tree is walked once (:func:`~hf_freeze.core.discovery.walk_model`); everything else reads
+that index. The options come in as any object with the attributes of :class:`FreezeOptions`
+(``FreezeSpec`` is one), so this module does not import the spec.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -28,33 +32,50 @@ from ..errors import (
 from .adapters import check_saved
 from .discovery import (
     LayerStack,
+    ModelIndex,
     ModelStructure,
     discover,
     find_layer_stacks,
     named_stack_candidates,
+    paused_gc,
     stack_from_path,
+    walk_model,
 )
+from .layer_selection import LayerSelection
 from .matching import closest_names, compile_pattern, matches
-from .norm_stats import frozen_norm_modules
+from .norm_stats import frozen_norms, has_running_stats
 from .plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER, FreezePlan, ParamDecision, _numel, _shape
-
-if TYPE_CHECKING:
-    from .spec import FreezeSpec
+from .rules import AppliedRule, Rule
 
 logger = logging.getLogger("hf_freeze")
 
-RULE_INITIAL = "requires_grad"
-RULE_EMBEDDINGS = "freeze_embeddings"
-RULE_LAYERS = "freeze_layers"
-RULE_HEAD = "train_head"
+
+class FreezeOptions(Protocol):
+    """What resolving reads from the options (``FreezeSpec`` provides it)."""
+
+    freeze: list[str]
+    unfreeze: list[str]
+    freeze_embeddings: bool
+    layer_stack: str | None
+    train_head: bool
+    freeze_norm_stats: bool
+    freeze_strict: bool
+
+    @property
+    def layer_selection(self) -> LayerSelection | None: ...
+
+    @property
+    def freezes_anything(self) -> bool: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
-def _select_stacks(spec: FreezeSpec, model: nn.Module) -> list[LayerStack] | None:
+def _select_stacks(spec: FreezeOptions, model: nn.Module, index: ModelIndex) -> list[LayerStack] | None:
     """The stacks named by ``layer_stack`` (outermost matches only), or None to auto-detect."""
     if spec.layer_stack is None:
         return None
     compiled = compile_pattern(spec.layer_stack, "layer_stack")
-    candidates = named_stack_candidates(model)
+    candidates = named_stack_candidates(model, index.modules)
     chosen = [p for p in candidates if matches(compiled, p)]
     chosen = [p for p in chosen if not any(p != q and p.startswith(q + ".") for q in chosen)]
     if not chosen:
@@ -62,19 +83,21 @@ def _select_stacks(spec: FreezeSpec, model: nn.Module) -> list[LayerStack] | Non
             f"`layer_stack`={spec.layer_stack!r} matches no nn.ModuleList or nn.Sequential of "
             f"{type(model).__name__}. Candidates: {candidates[:10]}."
         )
-    found = {s.path: s for s in find_layer_stacks(model)}  # keeps what discovery knows (shared layers)
-    return [found.get(p) or stack_from_path(model, p) for p in chosen]
+    found = {s.path: s for s in find_layer_stacks(model, index)}  # keeps what discovery knows (shared layers)
+    return [found.get(p) or stack_from_path(model, p, index.modules) for p in chosen]
 
 
-def _frozen_layers(spec: FreezeSpec, structure: ModelStructure, model: nn.Module) -> dict[str, set[int]]:
+def _frozen_layers(
+    selection: LayerSelection | None, structure: ModelStructure, model: nn.Module
+) -> dict[str, set[int]]:
     """Stack path -> frozen block indexes, checked against the stack sizes and shared layers."""
-    selection = spec.layer_selection
     if selection is None:
         return {}
     if not structure.stacks:
+        hint = named_stack_candidates(model, structure.modules)[:5]
         raise LayerStackNotFoundError(
             f"`freeze_layers`={selection.text!r}: no layer stack found in {type(model).__name__}. Name one "
-            f"with `layer_stack` (a pattern over module paths), e.g. one of {named_stack_candidates(model)[:5]}."
+            f"with `layer_stack` (a pattern over module paths), e.g. one of {hint}."
         )
     frozen: dict[str, set[int]] = {}
     for stack in structure.stacks:
@@ -99,36 +122,35 @@ def _frozen_layers(spec: FreezeSpec, structure: ModelStructure, model: nn.Module
     return frozen
 
 
-def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
-    structure = discover(model, _select_stacks(spec, model))
-    frozen_layers = _frozen_layers(spec, structure, model)
-    params = structure.params
-    aliases = structure.aliases
+def resolve_plan(spec: FreezeOptions, model: nn.Module) -> FreezePlan:
+    """Decide, for every parameter of ``model``, whether it trains and which rule said so."""
+    # Resolving allocates a record per parameter, which makes Python's cyclic GC rescan the whole model
+    # graph again and again: half the time for 100k tensors, and none of it is garbage.
+    with paused_gc():
+        index = walk_model(model)
+        structure = discover(model, _select_stacks(spec, model, index), index)
+        return _decide(spec, model, structure)
 
-    state: dict[str, tuple[bool, str]] = {n: (p.requires_grad, RULE_INITIAL) for n, p in params.items()}
-    arrived_trainable = {n for n, p in params.items() if p.requires_grad}
-    if spec.freeze_embeddings:
-        state.update((name, (False, RULE_EMBEDDINGS)) for name in structure.embedding_names & arrived_trainable)
-    if frozen_layers:
-        state.update(
-            (name, (False, RULE_LAYERS))
-            for name, (stack, block) in structure.locations.items()
-            if block in frozen_layers.get(stack.path, ()) and name in arrived_trainable
-        )
 
+def _pattern_overrides(
+    spec: FreezeOptions, model: nn.Module, structure: ModelStructure
+) -> tuple[dict[str, tuple[bool, AppliedRule]], dict[str, dict[str, int]]]:
+    """What the ``freeze`` then ``unfreeze`` patterns decide (name -> (trainable, rule)), and their hit counts."""
+    params, ties = structure.params, structure.ties
+    decided: dict[str, tuple[bool, AppliedRule]] = {}
     hits: dict[str, dict[str, int]] = {"freeze": {}, "unfreeze": {}}
-    for option, value in (("freeze", False), ("unfreeze", True)):
+    for kind, value in ((Rule.FREEZE, False), (Rule.UNFREEZE, True)):
+        option = kind.value
         for pattern in getattr(spec, option):
             search = compile_pattern(pattern, option).search
-            hit = [
-                name
-                for name, names in aliases.items()
-                if search(name) or (len(names) > 1 and any(search(alias) for alias in names))
-            ]
-            decided = (value, f"{option}:{pattern}")
+            hit = [name for name in params if search(name)]
+            if ties:
+                matched = set(hit)
+                hit += [n for n, others in ties.items() if n not in matched and any(search(a) for a in others)]
+            verdict = (value, AppliedRule(kind, pattern))
             # A freeze pattern over an arrived-frozen parameter decides nothing (it stays "requires_grad"),
             # so gradual unfreezing, which brings back what the rules froze, never reaches it.
-            state.update((name, decided) for name in hit if value or name in arrived_trainable)
+            decided.update((name, verdict) for name in hit if value or params[name].requires_grad)
             hits[option][pattern] = len(hit)
             if not hit:
                 message = (
@@ -138,39 +160,74 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
                 if spec.freeze_strict:
                     raise PatternNotFoundError(message + " Fix the pattern or set freeze_strict=False.")
                 logger.warning(message)
+    return decided, hits
 
+
+def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) -> FreezePlan:
+    frozen_layers = _frozen_layers(spec.layer_selection, structure, model)
+    params, ties, locations = structure.params, structure.ties, structure.locations
+    embeddings = structure.embedding_names if spec.freeze_embeddings else set()
+    initial, by_embeddings = AppliedRule(Rule.REQUIRES_GRAD), AppliedRule(Rule.FREEZE_EMBEDDINGS)
+    by_layers, by_head = AppliedRule(Rule.FREEZE_LAYERS), AppliedRule(Rule.TRAIN_HEAD)
+
+    def shortcut(name: str, param: nn.Parameter) -> tuple[bool, AppliedRule]:
+        """What the model brought and the shortcuts (``freeze_layers`` outranks ``freeze_embeddings``) say."""
+        if not param.requires_grad:
+            return False, initial
+        where = locations.get(name)
+        if where is not None and where[1] in frozen_layers.get(where[0].path, ()):
+            return False, by_layers
+        if name in embeddings:
+            return False, by_embeddings
+        return True, initial
+
+    decided, hits = _pattern_overrides(spec, model, structure)
     if spec.train_head:
         # Protects the head from this plan's freezing rules; what arrived frozen only `unfreeze` trains.
-        for name in sorted(structure.head_names & arrived_trainable):
-            trainable, rule = state[name]
-            tied = aliases[name]
-            if len(tied) > 1 and not trainable and rule != RULE_INITIAL:
+        for name in sorted(n for n in structure.head_names if params[n].requires_grad):
+            trainable, rule = decided.get(name) or shortcut(name, params[name])
+            if name in ties and not trainable and rule.kind is not Rule.REQUIRES_GRAD:
+                tied = [name, *ties[name]]
                 raise TiedWeightsConflictError(
-                    f"{' and '.join(repr(a) for a in tied)} are one tied tensor: `{rule.split(':')[0]}` "
+                    f"{' and '.join(repr(a) for a in tied)} are one tied tensor: `{rule.kind.value}` "
                     f"({rule}) freezes it while `train_head`=True trains it as part of the head. Choose one: add "
                     f"it to `unfreeze` (train both), set `train_head`=False (freeze both), or untie the weights "
                     f"(config.tie_word_embeddings=False)."
                 )
-            state[name] = (True, RULE_HEAD)
+            decided[name] = (True, by_head)
 
     zero3 = any("ds_numel" in p.__dict__ for p in params.values())  # DeepSpeed partitioned the model
-    layer_groups: dict[tuple[str, int], str] = {}
+    # Per layer (discovery shares one (stack, index) tuple per block): stack path, index, label, frozen.
+    layers: dict[int, tuple[str, int, str, bool]] = {}
+    head_names, embedding_names = structure.head_names, structure.embedding_names
     decisions = []
-    for name, param in params.items():
-        where = structure.locations.get(name)
+    append = decisions.append
+    for name, param in params.items():  # shortcut() inlined: this loop runs once per tensor
+        where = locations.get(name)
         if where is not None:
-            stack, layer = where[0].path, where[1]
-            group = layer_groups.get((stack, layer)) or layer_groups.setdefault((stack, layer), f"{stack}.{layer}")
+            layer_info = layers.get(id(where))
+            if layer_info is None:
+                path, index = where[0].path, where[1]
+                layer_info = layers[id(where)] = (path, index, f"{path}.{index}", index in frozen_layers.get(path, ()))
+            stack, layer, group, layer_frozen = layer_info
         else:
             stack = layer = None
-            if name in structure.embedding_names:
-                group = GROUP_EMBEDDINGS
-            elif name in structure.head_names:
-                group = GROUP_HEAD
-            else:
-                group = GROUP_OTHER
-        trainable, rule = state[name]
-        decisions.append(
+            layer_frozen = False
+            group = (
+                GROUP_EMBEDDINGS if name in embedding_names else GROUP_HEAD if name in head_names else GROUP_OTHER
+            )
+        verdict = decided.get(name)
+        if verdict is not None:
+            trainable, rule = verdict
+        elif not param.requires_grad:
+            trainable, rule = False, initial
+        elif layer_frozen:
+            trainable, rule = False, by_layers
+        elif name in embeddings:
+            trainable, rule = False, by_embeddings
+        else:
+            trainable, rule = True, initial
+        append(
             ParamDecision(
                 name,
                 _shape(param) if zero3 else list(param.shape),
@@ -180,28 +237,33 @@ def resolve_plan(spec: FreezeSpec, model: nn.Module) -> FreezePlan:
                 group,
                 stack,
                 layer,
-                aliases[name][1:],  # the first name is the canonical one
+                list(ties.get(name, ())),
             )
         )
 
     if not any(d.trainable for d in decisions):
-        rules = sorted({d.rule for d in decisions})
+        rules = sorted({str(d.rule) for d in decisions})
         raise NoTrainableParametersError(
             f"The freeze plan leaves no trainable parameter in {type(model).__name__} (decided by {rules}). "
             "Loosen `freeze`/`freeze_layers`/`freeze_embeddings`, add an `unfreeze` pattern (the only rule that "
             "trains what arrived frozen), or keep `train_head`=True on a model whose head arrived trainable."
         )
     if spec.freezes_anything:
-        check_saved(model, [d.name for d in decisions if d.trainable])
-    trainable_map = {d.name: d.trainable for d in decisions}
+        check_saved(model, (d.name for d in decisions if d.trainable))  # read only for a PEFT model
+    norms = [path for path, module in structure.modules.items() if has_running_stats(module)]
+    if spec.freeze_norm_stats and norms:
+        names = ModelIndex(structure.modules, params, ties).names()
+        fixed = frozen_norms(norms, names, {d.name: d.trainable for d in decisions})
+    else:
+        fixed = []
     return FreezePlan(
         model_class=type(model).__name__,
         spec=spec.to_dict(),
         params=decisions,
         pattern_hits=hits,
-        ties=[names for names in aliases.values() if len(names) > 1],
+        ties=[[name, *ties[name]] for name in params if name in ties] if ties else [],
         stacks=[
             {"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks
         ],
-        frozen_norms=frozen_norm_modules(structure.modules, trainable_map) if spec.freeze_norm_stats else [],
+        frozen_norms=fixed,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +67,12 @@ class FreezeSpec(_SpecFields):
 
     @property
     def layer_selection(self) -> LayerSelection | None:
-        return LayerSelection.parse(self.freeze_layers)
+        """``freeze_layers`` parsed, once per value (validation and every resolve reuse it)."""
+        value = self.freeze_layers
+        cached = self.__dict__.get("_layer_selection")
+        if cached is None or cached[0] is not value:
+            cached = self.__dict__["_layer_selection"] = (value, LayerSelection.parse(value))
+        return cached[1]
 
     @property
     def freezes_anything(self) -> bool:
@@ -88,14 +92,6 @@ class FreezeSpec(_SpecFields):
 
     def resolve(self, model: nn.Module) -> FreezePlan:
         """Decide, for every parameter of ``model``, whether it trains and which rule said so."""
-        from .resolve import resolve_plan
+        from .resolve import resolve_plan  # here, so that reading options does not import torch
 
-        # Resolving allocates a record per parameter, which makes Python's cyclic GC rescan the whole
-        # model graph again and again: half the time for 100k tensors, and none of it is garbage.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return resolve_plan(self, model)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        return resolve_plan(self, model)

@@ -18,13 +18,12 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..core.plan import GROUP_EMBEDDINGS, FreezePlan
+from ..core.rules import SHORTCUT_RULES, Rule
 from ..errors import InvalidOptionError
 from . import backend
 
 logger = logging.getLogger("hf_freeze")
 
-RULE_UNFREEZE = "unfreeze_strategy"
-_SHORTCUT_RULES = ("freeze_layers", "freeze_embeddings")
 # (plan, names an event brings back) -> their optimizer groups; see param_groups.param_groups
 GroupBuilder = Callable[[FreezePlan, list[str]], list[dict[str, Any]]]
 
@@ -35,7 +34,7 @@ def unfreeze_events(plan: FreezePlan, layers_per_event: int) -> list[list[str]]:
     stack_order = {s["path"]: i for i, s in enumerate(plan.stacks)}
     embeddings = []
     for p in plan.params:
-        if p.trainable or p.rule not in _SHORTCUT_RULES:
+        if p.trainable or p.rule.kind not in SHORTCUT_RULES:
             continue
         if p.layer is not None and p.stack is not None:
             units.setdefault((p.layer, stack_order.get(p.stack, 0)), []).append(p.name)
@@ -51,7 +50,7 @@ def unfreeze_events(plan: FreezePlan, layers_per_event: int) -> list[list[str]]:
 def advance(plan: FreezePlan, events: list[list[str]], stage: int) -> FreezePlan:
     """The plan after the first ``stage`` events (``plan`` is the stage-0 plan)."""
     for names in events[plan.stage : stage]:
-        plan = plan.with_trainable(names, RULE_UNFREEZE)
+        plan = plan.with_trainable(names, Rule.UNFREEZE_STRATEGY)
     return plan
 
 
@@ -161,7 +160,7 @@ class GradualUnfreezing(TrainerCallback):
         if self.plan.stage >= len(self.events):
             return []
         names = self.events[self.plan.stage]
-        self.plan = self.plan.with_trainable(names, RULE_UNFREEZE)
+        self.plan = self.plan.with_trainable(names, Rule.UNFREEZE_STRATEGY)
         self.plan.apply(model)
         groups = self.group_builder(self.plan, names)
         for group in groups:

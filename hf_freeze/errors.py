@@ -54,3 +54,7 @@ class PlanMismatchError(FreezeError):
 
 class ModelLoadError(FreezeError):
     """``hf-freeze inspect`` could not read the model's config (no such path, offline Hub id, bad file)."""
+
+
+class FeatureCacheError(FreezeError):
+    """``cache_frozen_features`` cannot apply: the frozen parameters do not form a prefix the cache can skip."""

@@ -137,7 +137,10 @@ class FeatureCache:
         module.forward = lambda *args, **kwargs: forward(module, original, args, kwargs)
 
     def _before_forward(self, model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        bound = dict(self._signature.bind_partial(*args, **kwargs).arguments)
+        for name, parameter in self._signature.parameters.items():  # flatten **kwargs
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                bound.update(bound.pop(name, {}))
         self._refuse_side_inputs(model, bound)
         if "use_cache" in self._signature.parameters and "use_cache" not in bound:
             kwargs = {**kwargs, "use_cache": False}  # a key/value cache would miss the skipped layers

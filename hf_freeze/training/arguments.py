@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
 from ..parsing import ExtendAction
+from . import feature_caching
 
 UNFREEZE_STRATEGIES = ("no", "steps", "epoch")
 # Options outside FreezeSpec that change the optimizer groups or when the trainable set changes: recorded in
@@ -58,6 +59,15 @@ class FreezingTrainingArguments(TrainingArguments):
             Every this many steps (or epochs) the next frozen layers are unfrozen.
         unfreeze_layers_per_event (`int`, defaults to `1`):
             How many frozen layers each event unfreezes.
+
+        > Frozen-prefix feature caching
+
+        cache_frozen_features (`bool`, defaults to `False`):
+            Run the frozen embeddings + bottom frozen layers once per distinct input (eval mode), train the rest.
+        feature_cache_max_memory_mb (`float`, defaults to `2048`):
+            Memory budget of the cache; past it, features go to a memory-mapped file in `feature_cache_dir`.
+        feature_cache_dir (`str`, *optional*):
+            Folder of that file (default: the system temporary folder).
     """
 
     freeze: list[str] = field(
@@ -125,6 +135,22 @@ class FreezingTrainingArguments(TrainingArguments):
                   "`--unfreeze_layers_per_event 2`."},
     )
 
+    cache_frozen_features: bool = field(
+        default=False,
+        metadata={"help": "Compute the frozen prefix (embeddings and the bottom frozen layers) once per distinct "
+                  "input, in eval mode, and train only the layers above, e.g. `--cache_frozen_features`."},
+    )
+    feature_cache_max_memory_mb: float = field(
+        default=2048,
+        metadata={"help": "Memory budget of the frozen-feature cache in MiB; past it, features spill to a "
+                  "memory-mapped file in `feature_cache_dir`, e.g. `--feature_cache_max_memory_mb 512`."},
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the frozen-feature spill file (default: the system temporary folder), e.g. "
+                  "`--feature_cache_dir /scratch/cache`."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.freeze_spec = FreezeSpec(
@@ -142,6 +168,7 @@ class FreezingTrainingArguments(TrainingArguments):
         self.freeze_layers = self.freeze_spec.freeze_layers
         self.layer_stack = self.freeze_spec.layer_stack
         self._validate_schedule_options()
+        feature_caching.check_options(self)
 
     def _validate_schedule_options(self) -> None:
         decay = self.layer_lr_decay

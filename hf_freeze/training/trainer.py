@@ -27,7 +27,7 @@ from ..core import adapters
 from ..core.plan import PLAN_FILE, FreezePlan
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
-from . import backend
+from . import backend, feature_caching
 from . import param_groups as optim
 from .resume import check_resume, set_options
 from .unfreezing import RULE_UNFREEZE, GradualUnfreezeCallback, advance, unfreeze_events
@@ -271,10 +271,14 @@ class FreezingTrainer(Trainer):
         if self.model_init is not None and resume_from_checkpoint is not None:
             self._check_checkpoint_plan(resume_from_checkpoint)  # the model (and plan) came from model_init
         self._preflight()
-        return super()._inner_training_loop(
-            batch_size=batch_size, args=args, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval,
-        )
+        cache = feature_caching.install(self)  # None unless cache_frozen_features
+        try:
+            return super()._inner_training_loop(
+                batch_size=batch_size, args=args, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+            )
+        finally:
+            feature_caching.uninstall(self, cache)
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None):

@@ -289,3 +289,17 @@ def _collate(features):
 def test_bad_budget_is_an_error(budget, tmp_path):
     with pytest.raises(InvalidOptionError, match="feature_cache_max_memory_mb"):
         FreezingTrainingArguments(str(tmp_path), feature_cache_max_memory_mb=budget)
+
+
+def test_recipes_accept_the_options_from_flags_and_yaml(tmp_path):
+    import recipe_utils as ru
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"cache_frozen_features": True, "feature_cache_max_memory_mb": 64,
+                                      "output_dir": str(tmp_path / "out")}))
+    _, _, args = ru.parse_recipe_args({}, ["--config", str(config)])
+    assert args.cache_frozen_features is True and args.feature_cache_max_memory_mb == 64
+    _, _, args = ru.parse_recipe_args({}, ["--cache_frozen_features", "--feature_cache_dir", str(tmp_path),
+                                           "--output_dir", str(tmp_path / "out")])
+    assert args.cache_frozen_features is True and args.feature_cache_dir == str(tmp_path)

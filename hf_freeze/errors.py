@@ -58,3 +58,7 @@ class ModelLoadError(FreezeError):
 
 class PartialCheckpointError(FreezeError):
     """A partial checkpoint folder lacks a file, holds a truncated or corrupt one, or is not one."""
+
+
+class FeatureCacheError(FreezeError):
+    """``cache_frozen_features`` cannot apply: the frozen parameters do not form a prefix the cache can skip."""

@@ -170,6 +170,23 @@ OPTIONS: tuple[Option, ...] = (
         "weights, checked on resume; the final model is still saved whole",
         "--save_only_trainable", TRAINING, in_plan=True,
     ),
+    Option(
+        "cache_frozen_features", bool, False,
+        "compute the frozen prefix (the embeddings and the bottom frozen layers) once per distinct input, in "
+        "eval mode, and train only the layers above it",
+        "--cache_frozen_features", TRAINING,
+    ),
+    Option(
+        "feature_cache_max_memory_mb", float, 2048,
+        "memory budget of the frozen-feature cache in MiB; past it, features spill to a memory-mapped file in "
+        "`feature_cache_dir`",
+        "--feature_cache_max_memory_mb 512", TRAINING,
+    ),
+    Option(
+        "feature_cache_dir", str | None, None,
+        "folder of the frozen-feature spill file (default: the system temporary folder)",
+        "--feature_cache_dir /scratch/cache", TRAINING,
+    ),
 )
 
 SPEC_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.scope == SPEC)

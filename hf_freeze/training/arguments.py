@@ -23,6 +23,7 @@ from ..options import (
     options_dataclass,
     options_docstring,
 )
+from . import feature_caching
 
 # Options outside FreezeSpec that change the optimizer groups or when the trainable set changes: recorded in
 # freeze_plan.json (FreezePlan.trainer_options) and compared on resume, like the spec.
@@ -44,6 +45,7 @@ class FreezingTrainingArguments(_OptionFields, TrainingArguments):
         for option in SPEC_OPTIONS:
             setattr(self, option.name, getattr(self.freeze_spec, option.name))
         self._validate_schedule_options()
+        feature_caching.check_options(self)
 
     def _validate_schedule_options(self) -> None:
         decay = self.layer_lr_decay

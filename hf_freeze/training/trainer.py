@@ -31,7 +31,7 @@ from ..core import adapters
 from ..core.plan import PLAN_FILE, FreezePlan
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
-from . import backend
+from . import backend, feature_caching
 from . import param_groups as optim
 from .checkpointing import PartialCheckpointMixin
 from .model_card import add_to_model_card
@@ -61,6 +61,7 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
         self._resume_checkpoint: str | None = None
         self._base_lr: float | None = None  # set when layer_lr_decay split the optimizer groups
         self._group_rates_logged = False
+        self._feature_cache = None  # installed for one train() call (cache_frozen_features)
         if model is not None and args is not None:
             self._resolve_freeze_plan(model, args)
         super().__init__(model, args, *rest, **kwargs)
@@ -158,6 +159,7 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
         if self._unfreezing is not None:
             self._check_unfreezing()
         self.check_partial_checkpointing()  # save_only_trainable: refusals and the fingerprint (.checkpointing)
+        self._feature_cache = feature_caching.install(self, model)  # None unless cache_frozen_features
         if self.freeze_plan is None or not self.freezing_enabled:
             return
         if self.is_fsdp_enabled:
@@ -233,7 +235,11 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
             self._unfreezing.restart(self.model)  # gradual unfreezing starts again from stage 0
         if self.model_init is None:  # with model_init, call_model_init does it for the new model
             self._before_training(self.model)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            feature_caching.uninstall(self, self._feature_cache)
+            self._feature_cache = None
 
     def _check_checkpoint_plan(self, checkpoint: str) -> None:
         """The checkpoint's ``freeze_plan.json`` must match this model and these options (:mod:`.resume`).

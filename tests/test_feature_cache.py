@@ -292,7 +292,7 @@ def test_bad_budget_is_an_error(budget, tmp_path):
 
 
 def test_recipes_accept_the_options_from_flags_and_yaml(tmp_path):
-    import recipe_utils as ru
+    import recipe_args as ru
     import yaml
 
     config = tmp_path / "run.yaml"

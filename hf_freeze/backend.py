@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import compat
 from .errors import InvalidOptionError
 from .plan import GROUP_OTHER, FreezePlan
 
@@ -101,6 +102,16 @@ def _inputs_require_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[
     return None
 
 
+def _positional_inputs_require_grad(args: tuple) -> tuple:
+    """The first floating-point positional input that does not require grad, made to (the hidden states)."""
+    if not torch.is_grad_enabled():
+        return args
+    for i, value in enumerate(args):
+        if _needs_grad(value):
+            return args[:i] + (value.detach().requires_grad_(),) + args[i + 1 :]
+    return args
+
+
 _HOOK = "_hf_freeze_inputs_require_grad"
 
 
@@ -122,5 +133,8 @@ def make_checkpointed_layers_trainable(model: nn.Module, plan: FreezePlan) -> li
         block = model.get_submodule(name)
         if block.__dict__.get(_HOOK) is None:
             block.__dict__[_HOOK] = block.register_forward_pre_hook(_inputs_require_grad, with_kwargs=True)
+            outer = compat.checkpoint_inputs_hook(block, _positional_inputs_require_grad)
+            if outer is not None:  # transformers 4.57: the checkpoint runs around the block's own pre-hook
+                model.get_submodule(stack["path"].rpartition(".")[0]).register_forward_pre_hook(outer)
         hooked.append(name)
     return hooked

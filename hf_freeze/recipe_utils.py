@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainerCallback
 
+from . import compat
 from .arguments import FreezingTrainingArguments
 from .errors import FreezeError, InvalidOptionError
 from .plan import PLAN_FILE
@@ -61,7 +62,18 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class OverwriteOutputDirArguments:
+    """``--overwrite_output_dir`` for the output-dir guard, where ``TrainingArguments`` does not declare it."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into an --output_dir that already holds a previous run, e.g. "
+                  "`--overwrite_output_dir`."},
+    )
+
+
+@dataclass
+class DataArguments(*compat.missing_training_fields(OverwriteOutputDirArguments)):
     """What to train on, how to read it, and where the run may write."""
 
     dataset_name: str | None = field(
@@ -106,11 +118,6 @@ class DataArguments:
         default=10,
         metadata={"help": "Percent of the training data held out when there is no validation split, e.g. "
                   "`--validation_split_percentage 5`."},
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Allow writing into an --output_dir that already holds a previous run, e.g. "
-                  "`--overwrite_output_dir` (transformers 5 dropped this flag from TrainingArguments)."},
     )
 
 
@@ -225,7 +232,8 @@ def check_output_dir(training_args, data_args: DataArguments) -> None:
     out = training_args.output_dir
     if not out or not os.path.isdir(out) or not os.listdir(out):
         return
-    if data_args.overwrite_output_dir or training_args.resume_from_checkpoint:
+    overwrite = any(getattr(a, "overwrite_output_dir", False) for a in (data_args, training_args))
+    if overwrite or training_args.resume_from_checkpoint:
         return
     found = sorted(os.listdir(out))[:4]
     raise InvalidOptionError(

@@ -20,10 +20,9 @@ import os
 from typing import Any
 
 from torch import nn
-from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import backend, optim
+from . import backend, compat, optim
 from .errors import InvalidOptionError, PlanMismatchError
 from .plan import PLAN_FILE, FreezePlan
 from .spec import FreezeSpec
@@ -34,7 +33,7 @@ logger = logging.getLogger("hf_freeze")
 MODEL_CARD_HEADING = "## Partial fine-tuning (hf-freeze)"
 
 
-class FreezingTrainer(Trainer):
+class FreezingTrainer(compat.CompatTrainer):
     """``Trainer`` that trains only what the ``FreezingTrainingArguments`` options leave trainable.
 
     Example:
@@ -115,31 +114,22 @@ class FreezingTrainer(Trainer):
         return self.freeze_plan is not None and self.freezing_active
 
     # ------------------------------------------------------------------ accelerator / backend
-    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
-        args = super()._build_accelerator_args(**kwargs)
+    def _plan_find_unused_parameters(self) -> bool | None:
         if self.freeze_plan is None or not self.freezing_active or self.args.ddp_find_unused_parameters is not None:
-            return args
+            return None
         find_unused = backend.find_unused_from_plan(self.model, self.freeze_plan, self._checkpointing_on(self.model))
-        for handler in args.get("kwargs_handlers", []):
-            if hasattr(handler, "find_unused_parameters"):
-                handler.find_unused_parameters = find_unused
-        logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
-        return args
+        if self.args.world_size > 1 and self.accelerator.is_main_process:
+            logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
+        return find_unused
 
-    # transformers 5 renamed gradient_checkpointing* to activation_checkpointing*; read either
     def _checkpointing_requested(self) -> bool:
-        return bool(getattr(self.args, "activation_checkpointing", None) or self.args.gradient_checkpointing)
+        return compat.checkpointing_requested(self.args)
 
     def _checkpointing_kwargs(self) -> dict[str, Any]:
-        args = self.args
-        return getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
+        return compat.checkpointing_kwargs(self.args)
 
     def _checkpointing_on(self, model: nn.Module) -> bool:
-        if self._checkpointing_requested():
-            return True
-        return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()) or bool(
-            getattr(model, "is_activation_checkpointing", False)
-        )
+        return self._checkpointing_requested() or compat.model_checkpointing(model)
 
     def _preflight(self) -> None:
         """Backend checks and checkpointing hooks, after ``Trainer`` set up checkpointing, before any step."""
@@ -249,16 +239,10 @@ class FreezingTrainer(Trainer):
             group["lr"] = group["initial_lr"] * factor
             scheduler._last_lr.append(group["lr"])
 
-    def _inner_training_loop(
-        self, batch_size=None, args=None, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None
-    ):
+    def _before_training_loop(self, resume_from_checkpoint: str | None) -> None:
         if self.model_init is not None and resume_from_checkpoint is not None:
             self._check_checkpoint_plan(resume_from_checkpoint)  # the model (and plan) came from model_init
         self._preflight()
-        return super()._inner_training_loop(
-            batch_size=batch_size, args=args, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval,
-        )
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None):

@@ -12,6 +12,7 @@ import re
 from importlib.metadata import version
 
 import pytest
+import torch
 from packaging.specifiers import SpecifierSet
 from tiny_models import build
 from transformers import Trainer, TrainingArguments
@@ -130,3 +131,18 @@ def test_plan_hook_none_keeps_trainers_ddp_choice(tmp_path):
     assert chooses.accelerator.ddp_handler is None or chooses.accelerator.ddp_handler.find_unused_parameters
     chooses._wrap_model(chooses.model)
     assert chooses.accelerator.ddp_handler.find_unused_parameters is False
+
+
+@pytest.mark.skipif(not compat.CHECKPOINT_WRAPS_PRE_HOOKS, reason="transformers 5 checkpoints inside forward")
+def test_the_checkpoint_function_compat_wraps_is_where_it_expects():
+    # 4.57 keeps the checkpoint function of each layer in the private `_gradient_checkpointing_func` attribute
+    model = build("bert")
+    model.gradient_checkpointing_enable()
+    layer = model.bert.encoder.layer[2]
+    assert callable(layer.__dict__.get("_gradient_checkpointing_func")), "4.57 moved its checkpoint function"
+    seen = []
+    hook = compat.checkpoint_inputs_hook(layer, lambda inputs: seen.append(len(inputs)) or inputs)
+    model.bert.encoder.register_forward_pre_hook(hook)
+    model.train()
+    model(input_ids=torch.randint(0, 99, (2, 8))).logits.sum().backward()
+    assert seen, "the prepared checkpoint function was not called"

@@ -11,6 +11,9 @@ TORCH_SPEC ?= torch==2.13.0
 VENV_TF4 := .venv-tf4
 TF4_SPEC ?= transformers==4.57.6
 TF4_TESTS ?= tests
+# DeepSpeed compiles its CPU extension into TORCH_EXTENSIONS_DIR keyed by the torch version only; a second
+# env sharing the default folder would rebuild it on every switch (minutes on a busy machine), so it has its own.
+TF4_PYTEST := TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV_TF4)/torch_extensions $(VENV_TF4)/bin/python -m pytest
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
@@ -35,10 +38,10 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed $(VENV_TF4)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
-	$(VENV_TF4)/bin/python -m pytest $(TF4_TESTS)
+	$(TF4_PYTEST) $(TF4_TESTS)
 
 test-tf4: $(VENV_TF4)/.installed
-	$(VENV_TF4)/bin/python -m pytest $(TF4_TESTS)
+	$(TF4_PYTEST) $(TF4_TESTS)
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow and not distributed"

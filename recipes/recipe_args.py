@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_freeze import FreezingArgumentParser, FreezingTrainingArguments
+from hf_freeze.training import compat
 
 
 @dataclass
@@ -33,7 +34,19 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class OverwriteOutputDirArguments:
+    """``--overwrite_output_dir`` for the output-dir guard, where ``TrainingArguments`` does not declare it."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into an --output_dir that already holds a previous run, e.g. "
+                  "`--overwrite_output_dir`."},
+    )
+
+
+# transformers 4.57's TrainingArguments still declares overwrite_output_dir, 5.x does not: declared once either way.
+@dataclass
+class DataArguments(*compat.missing_training_fields(OverwriteOutputDirArguments)):
     """What to train on, how to read it, and where the run may write."""
 
     dataset_name: str | None = field(
@@ -78,11 +91,6 @@ class DataArguments:
         default=10,
         metadata={"help": "Percent of the training data held out when there is no validation split, e.g. "
                   "`--validation_split_percentage 5`."},
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Allow writing into an --output_dir that already holds a previous run, e.g. "
-                  "`--overwrite_output_dir` (transformers 5 dropped this flag from TrainingArguments)."},
     )
 
 

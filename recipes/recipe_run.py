@@ -34,7 +34,8 @@ def check_output_dir(training_args, data_args: DataArguments) -> None:
     out = training_args.output_dir
     if not out or not os.path.isdir(out) or not os.listdir(out):
         return
-    if data_args.overwrite_output_dir or training_args.resume_from_checkpoint:
+    overwrite = any(getattr(a, "overwrite_output_dir", False) for a in (data_args, training_args))
+    if overwrite or training_args.resume_from_checkpoint:
         return
     found = sorted(os.listdir(out))[:4]
     raise InvalidOptionError(

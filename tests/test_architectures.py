@@ -1,7 +1,11 @@
 """Discovery across architectures: stacks, embedding block, head, ties, and freeze_layers slices.
 
-Expected values are written out per model (no per-model table exists in the library itself).
+Expected values are written out per model (no per-model table exists in the library itself). Module
+paths that differ between the supported transformers versions are looked up by module class instead
+(:class:`Located`), so every version is checked against its own layout.
 """
+
+from dataclasses import dataclass
 
 import pytest
 from tiny_models import build
@@ -9,6 +13,34 @@ from torch import nn
 
 from hf_freeze import FreezeSpec, LayerStackNotFoundError, SharedLayersError
 from hf_freeze.core.discovery import discover
+
+
+@dataclass(frozen=True)
+class Located:
+    """The path of the one module of class ``cls`` in the model, or of the ModuleList holding such blocks.
+
+    For paths that moved between transformers versions: ViT's layer list is ``vit.encoder.layer`` in 4.57 and
+    ``vit.layers`` in 5.x; LLaVA's CLIP vision tower gained a ``vision_model.`` level in 4.57.
+    """
+
+    cls: str
+    suffix: str = ""
+
+    def path(self, model: nn.Module) -> str:
+        found = [
+            name for name, module in model.named_modules()
+            if type(module).__name__ == self.cls
+            or (isinstance(module, nn.ModuleList) and len(module) and type(module[0]).__name__ == self.cls)
+        ]
+        lists = [n for n in found if isinstance(model.get_submodule(n), nn.ModuleList)]
+        found = lists or found
+        assert len(found) == 1, f"expected one {self.cls} (or list of them) in {type(model).__name__}, got {found}"
+        return found[0] + self.suffix
+
+
+def path(model: nn.Module, where: str | Located) -> str:
+    return where.path(model) if isinstance(where, Located) else where
+
 
 # model: (stacks [(path, num_layers)], embedding prefixes, exact head names, ties)
 EXPECTED = {
@@ -88,7 +120,7 @@ EXPECTED = {
             }
         ],
     ),
-    "vit": ([("vit.layers", 4)], ["vit.embeddings."], {"classifier.weight", "classifier.bias"}, []),
+    "vit": ([(Located("ViTLayer"), 4)], ["vit.embeddings."], {"classifier.weight", "classifier.bias"}, []),
     "swin": (
         [("swin.encoder.layers", 2)],
         ["swin.embeddings."],
@@ -120,8 +152,8 @@ EXPECTED = {
         [],
     ),
     "llava": (
-        [("model.vision_tower.encoder.layers", 2), ("model.language_model.layers", 3)],
-        ["model.vision_tower.embeddings.", "model.language_model.embed_tokens."],
+        [(Located("CLIPEncoderLayer"), 2), ("model.language_model.layers", 3)],
+        [Located("CLIPVisionEmbeddings", "."), "model.language_model.embed_tokens."],
         {"lm_head.weight"},
         [],
     ),
@@ -152,7 +184,8 @@ def test_structure(models, key):
     stacks, emb_prefixes, head, ties = EXPECTED[key]
     model = get(models, key)
     found = discover(model)
-    assert [(s.path, s.num_layers) for s in found.stacks] == stacks
+    assert [(s.path, s.num_layers) for s in found.stacks] == [(path(model, p), n) for p, n in stacks]
+    emb_prefixes = [path(model, p) for p in emb_prefixes]
     assert found.embedding_names == {n for n in names(model) if under(n, emb_prefixes)}
     assert found.head_names == head
     assert [set(t) for t in found.aliases.values() if len(t) > 1] == ties
@@ -165,9 +198,9 @@ def test_freeze_layers_slices_give_exact_names(models, key, selection):
     model = get(models, key)
     spec = FreezeSpec(freeze_layers=selection, train_head=False, freeze_strict=True)
     expected = set()
-    for path, count in stacks:
+    for where, count in stacks:
         indices = {"-1:": [count - 1], ":1": [0], "all": range(count), "0,-1": [0, count - 1]}[selection]
-        expected |= {n for n in names(model) for i in indices if n.startswith(f"{path}.{i}.")}
+        expected |= {n for n in names(model) for i in indices if n.startswith(f"{path(model, where)}.{i}.")}
     if len(expected) == len(names(model)):
         pytest.skip("the selection freezes everything")
     plan = spec.resolve(model)

@@ -188,13 +188,25 @@ def test_config_overrides_parse_and_reject_unknown_keys():
         recipe_models.apply_config_overrides(BertConfig(), "hiden_size=4")
 
 
-def test_loss_kwargs_trap_detection():
-    """BERT ignores num_items_in_batch (Trainer would scale its loss by the process count); Llama uses it."""
+def test_loss_kwargs_trap_detection(tmp_path):
+    """BERT ignores num_items_in_batch, so Trainer must not scale its loss by the process count; Llama uses it.
+
+    Where BERT's forward takes ``**kwargs`` (transformers 5) the helper has to switch the scaling off; where it
+    does not (4.57) Trainer already leaves the loss alone and the helper must not touch the model.
+    """
+    import inspect
+
     from tiny_models import build
+    from transformers import Trainer, TrainingArguments
 
     bert, llama = build("bert"), build("llama")
-    assert recipe_models.disable_unused_loss_kwargs(bert) and bert.accepts_loss_kwargs is False
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(type(bert).forward).parameters.values())
+    assert recipe_models.disable_unused_loss_kwargs(bert) is takes_kwargs
+    assert ("accepts_loss_kwargs" in vars(bert)) is takes_kwargs
     assert not recipe_models.disable_unused_loss_kwargs(llama) and "accepts_loss_kwargs" not in vars(llama)
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to="none")
+    assert Trainer(model=bert, args=args).model_accepts_loss_kwargs is False
+    assert Trainer(model=llama, args=args).model_accepts_loss_kwargs is True
 
 
 # --------------------------------------------------------------------------- end to end

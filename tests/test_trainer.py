@@ -24,7 +24,7 @@ from hf_freeze import (
     InvalidOptionError,
     PlanMismatchError,
 )
-from hf_freeze.training import backend
+from hf_freeze.training import backend, compat
 from hf_freeze.training import param_groups as optim
 from hf_freeze.training.unfreezing import unfreeze_events
 
@@ -252,6 +252,10 @@ def test_special_optimizer_paths_keep_working(tmp_path):
     trainer.create_optimizer()
     assert isinstance(trainer.optimizer, torch.optim.SGD)
     assert {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}["bert.encoder.layer.2/decay"] == 0.1 * 0.25
+
+
+@pytest.mark.skipif(not compat.OPTIMIZER_FACTORIES, reason="this transformers' Trainer takes no optimizer factories")
+def test_optimizer_factory_keeps_working(tmp_path):
     # a factory builds its own groups: left alone, and layer_lr_decay says it cannot apply
     model = build("bert")
     before = snapshot(model)
@@ -333,6 +337,11 @@ class Wrapper(nn.Module):
         return self.inner(inputs_embeds=inputs_embeds, labels=labels)
 
 
+def checkpointing_options(on: bool, reentrant: bool) -> dict:
+    """``activation_checkpointing(_kwargs)`` in transformers 5, ``gradient_checkpointing(_kwargs)`` in 4.57."""
+    return {compat.CHECKPOINTING_ARG: on, compat.CHECKPOINTING_KWARGS_ARG: {"use_reentrant": reentrant}}
+
+
 @pytest.mark.parametrize("reentrant", [True, False])
 @pytest.mark.parametrize("kind", ["input_ids", "inputs_embeds", "not_pretrained"])
 def test_checkpointing_above_frozen_layers_trains(tmp_path, kind, reentrant):
@@ -341,10 +350,7 @@ def test_checkpointing_above_frozen_layers_trains(tmp_path, kind, reentrant):
     options = dict(freeze_embeddings=True, freeze_layers=":2", max_steps=2, remove_unused_columns=False)
     if kind == "not_pretrained":
         options = dict(freeze=["embeddings", r"layer\.[01]"], max_steps=2, remove_unused_columns=False)
-    args = args_for(
-        tmp_path, activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": reentrant},
-        **options,
-    )
+    args = args_for(tmp_path, **checkpointing_options(True, reentrant), **options)
     before = snapshot(model)
     trainer = FreezingTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
@@ -362,8 +368,7 @@ def test_checkpointing_matches_the_run_without_it(tmp_path):
         model = build("bert")
         args = args_for(
             tmp_path, name=f"gc{checkpointing}", freeze_layers=":2", freeze_embeddings=True, max_steps=2,
-            activation_checkpointing=checkpointing, activation_checkpointing_kwargs={"use_reentrant": True},
-            remove_unused_columns=False,
+            **checkpointing_options(checkpointing, reentrant=True), remove_unused_columns=False,
         )
         FreezingTrainer(model=model, args=args, train_dataset=EmbedsData()).train()
         finals.append(snapshot(model))
@@ -591,14 +596,19 @@ def test_find_unused_parameters_from_the_plan(tmp_path):
     assert not backend.find_unused_from_plan(model, FreezeSpec(freeze=["pooler"]).resolve(model), checkpointing=True)
     mixtral = build("mixtral")
     assert backend.find_unused_from_plan(mixtral, FreezeSpec(freeze_layers=1).resolve(mixtral), False)
+    # the choice reaches Accelerate's DDP kwargs when the model is wrapped for training (both versions);
+    # tests/test_trainer_distributed.py checks the DDP module itself
     trainer = FreezingTrainer(
-        model=build("bert"), args=args_for(tmp_path, freeze=["pooler"], freeze_layers=1), train_dataset=TokenData()
+        model=build("bert"), args=args_for(tmp_path, freeze=["pooler"], freeze_layers=1, max_steps=1),
+        train_dataset=TokenData(),
     )
+    trainer.train()
     handler = trainer.accelerator.ddp_handler
     assert handler is not None and handler.find_unused_parameters is False
-    args = args_for(tmp_path, freeze=["pooler"], ddp_find_unused_parameters=True)
-    user = FreezingTrainer(model=build("bert"), args=args)
-    assert user.accelerator.ddp_handler.find_unused_parameters is True
+    args = args_for(tmp_path, freeze=["pooler"], ddp_find_unused_parameters=True, max_steps=1)
+    user = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData())
+    user.train()
+    assert user.accelerator.ddp_handler is None or user.accelerator.ddp_handler.find_unused_parameters is True
 
 
 # ---------------------------------------------------------------- gradual unfreezing

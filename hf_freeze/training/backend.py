@@ -15,6 +15,7 @@ from torch import nn
 
 from ..core.plan import GROUP_OTHER, FreezePlan
 from ..errors import InvalidOptionError
+from . import compat
 
 logger = logging.getLogger("hf_freeze")
 
@@ -74,19 +75,12 @@ def find_unused_from_plan(model: nn.Module, plan: FreezePlan, checkpointing: boo
 
 
 def checkpointing_on(args: Any, model: nn.Module) -> bool:
-    """Activation checkpointing requested by the arguments or already on in the model.
-
-    transformers 5 renamed ``gradient_checkpointing*`` to ``activation_checkpointing*``; either is read.
-    """
-    if getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False):
-        return True
-    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()) or bool(
-        getattr(model, "is_activation_checkpointing", False)
-    )
+    """Activation checkpointing requested by the arguments or already on in the model (names: :mod:`.compat`)."""
+    return compat.checkpointing_requested(args) or compat.model_checkpointing(model)
 
 
 def checkpointing_kwargs(args: Any) -> dict[str, Any]:
-    return getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
+    return compat.checkpointing_kwargs(args)
 
 
 def prepare_checkpointing(model: nn.Module, plan: FreezePlan, args: Any) -> None:
@@ -128,6 +122,16 @@ def _inputs_require_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[
     return None
 
 
+def _positional_inputs_require_grad(args: tuple) -> tuple:
+    """The first floating-point positional input that does not require grad, made to (the hidden states)."""
+    if not torch.is_grad_enabled():
+        return args
+    for i, value in enumerate(args):
+        if _needs_grad(value):
+            return args[:i] + (value.detach().requires_grad_(),) + args[i + 1 :]
+    return args
+
+
 _HOOK = "_hf_freeze_inputs_require_grad"
 
 
@@ -149,5 +153,8 @@ def make_checkpointed_layers_trainable(model: nn.Module, plan: FreezePlan) -> li
         block = model.get_submodule(name)
         if block.__dict__.get(_HOOK) is None:
             block.__dict__[_HOOK] = block.register_forward_pre_hook(_inputs_require_grad, with_kwargs=True)
+            outer = compat.checkpoint_inputs_hook(block, _positional_inputs_require_grad)
+            if outer is not None:  # transformers 4.57: the checkpoint runs around the block's own pre-hook
+                model.get_submodule(stack["path"].rpartition(".")[0]).register_forward_pre_hook(outer)
         hooked.append(name)
     return hooked

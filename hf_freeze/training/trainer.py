@@ -12,10 +12,11 @@ the model-card text in :mod:`.model_card`. With no freezing option set it is ``T
   model card only when a freezing option is set, so plain runs add no file. A model that arrives with
   frozen parameters (a PEFT model) still gets ``trainer.freeze_plan``, for reporting only.
 
-Overrides of private ``Trainer`` methods (no public hook exists for these):
-
-- ``_build_accelerator_args``: DDP's ``find_unused_parameters`` is fixed when the ``Accelerator`` is
-  built in ``__init__``; the plan decides it.
+Private ``Trainer`` methods are overridden only where no public hook exists, and only in two places:
+:class:`.compat.CompatTrainer` (``_wrap_model``: DDP's ``find_unused_parameters`` from the plan, on
+transformers 4.57 and 5.x) and :class:`.checkpointing.PartialCheckpointMixin` (``_save_checkpoint``,
+``_load_from_checkpoint``, ``_load_best_model``: ``save_only_trainable``). ``tests/test_compat.py``
+fails when one of them disappears from ``Trainer`` or when another one is overridden.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ import os
 from typing import Any
 
 from torch import nn
-from transformers import Trainer
 
 from ..core import adapters
 from ..core.plan import PLAN_FILE, FreezePlan
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
-from . import backend, feature_caching
+from . import backend, compat, feature_caching
 from . import param_groups as optim
 from .checkpointing import PartialCheckpointMixin
 from .model_card import add_to_model_card
@@ -41,7 +41,7 @@ from .unfreezing import GradualUnfreezing, advance
 logger = logging.getLogger("hf_freeze")
 
 
-class FreezingTrainer(PartialCheckpointMixin, Trainer):
+class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
     """``Trainer`` that trains only what the ``FreezingTrainingArguments`` options leave trainable.
 
     Example:
@@ -132,23 +132,14 @@ class FreezingTrainer(PartialCheckpointMixin, Trainer):
         return self.freeze_plan is not None and self.freezing_enabled
 
     # ------------------------------------------------------------------ checks before training
-    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
-        args = super()._build_accelerator_args(**kwargs)
-        find_unused = self._planned_find_unused()
-        if find_unused is not None:
-            for handler in args.get("kwargs_handlers", []):
-                if hasattr(handler, "find_unused_parameters"):
-                    handler.find_unused_parameters = find_unused
-        return args
-
-    def _planned_find_unused(self) -> bool | None:
+    def _plan_find_unused_parameters(self) -> bool | None:
         """DDP's ``find_unused_parameters`` from the plan; None: the user set it, or no freezing option."""
         if self.freeze_plan is None or not self.freezing_enabled or self.args.ddp_find_unused_parameters is not None:
             return None
         find_unused = backend.find_unused_from_plan(
             self.model, self.freeze_plan, backend.checkpointing_on(self.args, self.model)
         )
-        if self.args.world_size > 1:  # one process has no DDP wrap, so the choice would only be noise
+        if self.args.world_size > 1 and self.accelerator.is_main_process:  # one process has no DDP wrap
             logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
         return find_unused
 

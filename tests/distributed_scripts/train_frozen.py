@@ -10,6 +10,7 @@ asserts (world size, checksums from every rank, frozen/trained parameters) to th
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -77,6 +78,7 @@ def main() -> None:
         use_cpu=True,  # without it each process trains alone (see notes/distributed-cpu.md)
         freeze_embeddings=True,
         freeze_layers=":2",
+        freeze=["pooler"],  # every trainable parameter gets a gradient: the plan turns find_unused_parameters off
         max_steps=3,
         per_device_train_batch_size=4,
         learning_rate=1e-2,
@@ -95,8 +97,11 @@ def main() -> None:
     reference = build("bert")  # seeded: identical on every rank
     expected_total = sum(p.numel() for p in reference.parameters())
     # from_config builds under deepspeed.zero.Init when ZeRO-3 is on, so parameters arrive partitioned
+    config = copy.deepcopy(reference.config)
+    if options.backend == "zero3":  # transformers 4.57's BERT init zeroes the padding row of the (empty) partition
+        config.pad_token_id = None
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(reference.config)
+    model = AutoModelForSequenceClassification.from_config(config)
     model.load_state_dict(reference.state_dict()) if options.backend != "zero3" else None
     partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
     before = full_values(model)
@@ -131,6 +136,7 @@ def main() -> None:
         "trained_changed": trained_changed,
         "checksums": checksums,
         "unfreeze_refused": refused,
+        "find_unused_parameters": getattr(trainer.model_wrapped, "find_unused_parameters", None),
     }
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)

@@ -34,6 +34,7 @@ from ..errors import InvalidOptionError
 from . import backend, compat, feature_caching
 from . import param_groups as optim
 from .checkpointing import PartialCheckpointMixin
+from .late_grad_sync import LateGradSync
 from .model_card import add_to_model_card
 from .resume import check_resume, last_complete_checkpoint
 from .unfreezing import GradualUnfreezing, advance
@@ -161,6 +162,8 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
         """Gradual unfreezing changes the trainable set mid-run: allowed where that is provably safe."""
         name = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else None
         self._unfreezing.check(name, self.args.world_size, self._user_optimizer, self.args.lr_scheduler_type)
+        # DDP: what an event unfreezes after the wrap is averaged across ranks by LateGradSync
+        self._unfreezing.grad_sync = LateGradSync() if self.args.world_size > 1 else None
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None):

@@ -21,10 +21,17 @@ from ..core.plan import GROUP_EMBEDDINGS, FreezePlan
 from ..core.rules import SHORTCUT_RULES, Rule
 from ..errors import InvalidOptionError
 from . import backend
+from .late_grad_sync import LateGradSync
 
 logger = logging.getLogger("hf_freeze")
 
 # (plan, names an event brings back) -> their optimizer groups; see param_groups.param_groups
+_UNSUPPORTED = {
+    "DeepSpeed": "the ZeRO optimizer builds its partitions of optimizer state and its gradient reduction from the "
+    "parameters that require grad at `deepspeed.initialize`, so a parameter unfrozen later would get neither.",
+    "FSDP": "FSDP flattens (FSDP1) or shards (FSDP2) parameters and fixes their mixed-precision and gradient "
+    "reduction at the wrap; changing requires_grad after the first forward is unsafe (PyTorch #186998).",
+}
 GroupBuilder = Callable[[FreezePlan, list[str]], list[dict[str, Any]]]
 
 
@@ -93,9 +100,13 @@ class GradualUnfreezing(TrainerCallback):
     them to the optimizer and LR schedule it is handed (``on_step_end``/``on_epoch_end`` kwargs).
 
     It owns the schedule: the events (from the stage-0 plan), the current plan (``plan.stage`` is the
-    stage) and how new groups are built (``group_builder``, set when the optimizer is built). One process
-    only: ``check`` refuses a wrapped, distributed model; a DDP version would synchronise the new
-    parameters here.
+    stage) and how new groups are built (``group_builder``, set when the optimizer is built).
+
+    Under DDP (``grad_sync``, set by the trainer on more than one process) the parameters an event brings
+    back are not in DDP's gradient buckets, which are fixed at the wrap: :class:`.late_grad_sync.LateGradSync`
+    averages their gradients across ranks before clipping, so replicas stay identical and the bytes sent per
+    step follow the trainable set. A resumed run replays its stage when the optimizer is built, before the
+    wrap, so DDP itself covers those parameters. DeepSpeed and FSDP are refused (:meth:`check`).
     """
 
     def __init__(self, strategy: str, every: float, layers_per_event: int) -> None:
@@ -105,6 +116,7 @@ class GradualUnfreezing(TrainerCallback):
         self.events: list[list[str]] = []
         self.resume_stage = 0
         self.group_builder: GroupBuilder | None = None
+        self.grad_sync: LateGradSync | None = None
 
     def start(self, plan: FreezePlan) -> None:
         """A new stage-0 plan (a new model): derive the events from it."""
@@ -122,12 +134,12 @@ class GradualUnfreezing(TrainerCallback):
     def check(self, backend_name: str | None, world_size: int, user_optimizer: bool, scheduler_type: str) -> None:
         """Refuse, before any step, the setups where a live change of the trainable set is unsafe."""
         strategy = f"`unfreeze_strategy`={self.strategy!r}"
-        if backend_name is not None or world_size > 1:
+        if backend_name is not None:
             raise InvalidOptionError(
-                f"{strategy} is not supported under {backend_name or 'DDP'} (world size {world_size}): a layer "
-                "unfrozen after the model is wrapped is not synchronised across replicas, so they would silently "
-                "diverge. Train on one process, or set unfreeze_strategy='no' and run one `train()` per stage "
-                "with a smaller `freeze_layers`."
+                f"{strategy} is not supported under {backend_name}: "
+                + _UNSUPPORTED.get(backend_name, "its sharded state is fixed when the model is wrapped.")
+                + " Set unfreeze_strategy='no' and run one `train()` per stage with a smaller `freeze_layers` "
+                "(resuming each from the last), or train with DDP, which supports it."
             )
         if user_optimizer:
             raise InvalidOptionError(
@@ -150,11 +162,11 @@ class GradualUnfreezing(TrainerCallback):
         """The optimizer was just built: remember how groups are made and replay a resumed run's stage,
         so the optimizer has the checkpoint's groups before its state is loaded."""
         self.group_builder = group_builder
-        for _ in range(self.resume_stage - self.plan.stage):
-            self.unfreeze_next(model, optimizer, None, checkpointing)
+        for _ in range(self.resume_stage - self.plan.stage):  # before the DDP wrap: DDP itself syncs them
+            self.unfreeze_next(model, optimizer, None, checkpointing, synced_by_ddp=True)
 
     def unfreeze_next(
-        self, model: nn.Module, optimizer: Any, lr_scheduler: Any, checkpointing: bool
+        self, model: nn.Module, optimizer: Any, lr_scheduler: Any, checkpointing: bool, synced_by_ddp: bool = False
     ) -> list[dict[str, Any]]:
         """Unfreeze the next event's parameters; returns their new optimizer groups ([] once all are back)."""
         if self.plan.stage >= len(self.events):
@@ -168,15 +180,26 @@ class GradualUnfreezing(TrainerCallback):
         extend_scheduler(lr_scheduler, groups)
         if checkpointing:
             backend.make_checkpointed_layers_trainable(model, self.plan)
+        if self.grad_sync is not None and not synced_by_ddp:
+            self.grad_sync.add(model.named_parameters(), names)
         return groups
 
     def _event(self, args: Any, state: Any, model: nn.Module, optimizer: Any, lr_scheduler: Any) -> None:
         groups = self.unfreeze_next(model, optimizer, lr_scheduler, backend.checkpointing_on(args, model))
         if groups and state.is_world_process_zero:
+            names = self.events[self.plan.stage - 1]
+            traffic = ""
+            if self.grad_sync is not None:
+                trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+                traffic = f"; all-reduce per optimizer step from now on: {trainable:,} bytes (the trainable set)"
             logger.info(
-                f"Unfreezing stage {self.plan.stage}/{len(self.events)}: {[g['name'] for g in groups]}; "
-                f"{self.plan.summary()}"
+                f"Unfreezing stage {self.plan.stage}/{len(self.events)}: {len(names)} parameter tensor(s) in "
+                f"{[g['name'] for g in groups]}; {self.plan.summary()}{traffic}"
             )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.grad_sync is not None:
+            self.grad_sync.remove()  # no hook outlives the run
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if self.strategy == "steps" and state.global_step % step_interval(self.every, state.max_steps) == 0:

@@ -1,0 +1,134 @@
+"""Worker for tests/test_unfreeze_ddp.py: gradual unfreezing through FreezingTrainer under DDP.
+
+``accelerate launch --multi_gpu --num_processes 2`` runs it on two CPU processes (gloo); ``--reference``
+runs the same global batches in one process. Three unfreezing events (layers 2, 1, 0 of a tiny BERT),
+gradient accumulation 2, optional clipping. Rank 0 writes, for every rank: sha256 of every parameter, the
+parameters themselves, and per optimizer step a sha256 per layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tiny_models import TEXT  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, TrainerCallback  # noqa: E402
+
+from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
+
+LAYERS = 4
+
+
+class TokenData(torch.utils.data.Dataset):
+    def __init__(self, n: int = 64):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randint(0, 99, (n, 8), generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()
+
+
+class LayerHashes(TrainerCallback):
+    """After every optimizer step: one sha256 per encoder layer."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, str]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        named = dict(model.named_parameters())
+        self.steps.append({
+            str(i): digest(torch.cat([p.reshape(-1) for n, p in named.items() if f"encoder.layer.{i}." in n]))
+            for i in range(LAYERS)
+        })
+
+
+class InOrderTrainer(FreezingTrainer):
+    """No shuffling, so one process with batches of 8 sees the same global batches as two ranks with 4 each
+    (accelerate hands consecutive batches to consecutive ranks)."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--reference", action="store_true", help="one process, global batches of 8")
+    parser.add_argument("--clip", type=float, default=0.0)
+    options = parser.parse_args()
+
+    args = FreezingTrainingArguments(
+        os.path.dirname(options.result),
+        use_cpu=True,  # without it each process trains alone (see notes/distributed-cpu.md)
+        freeze_embeddings=True,
+        freeze_layers=":3",
+        unfreeze_strategy="steps",
+        unfreeze_steps=2,
+        max_steps=7,
+        per_device_train_batch_size=8 if options.reference else 4,
+        gradient_accumulation_steps=2,
+        max_grad_norm=options.clip,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+        seed=0,
+    )
+    torch.manual_seed(0)  # seeded before the build: identical weights on every rank
+    # no dropout: one process and two ranks draw different masks, and the runs are compared number for number
+    model = BertForSequenceClassification(BertConfig(
+        num_hidden_layers=LAYERS, **{**TEXT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    ))
+    model.accepts_loss_kwargs = False  # BERT ignores num_items_in_batch: keep Trainer's loss scaling plain
+    hashes = LayerHashes()
+    trainer = InOrderTrainer(model=model, args=args, train_dataset=TokenData(), callbacks=[hashes])
+    trainer.train()
+    named = dict(trainer.model.named_parameters())
+    sync = trainer._unfreezing.grad_sync
+    mine = {
+        "rank": trainer.args.process_index,
+        "world_size": trainer.args.world_size,
+        "parallel_mode": str(trainer.args.parallel_mode),
+        "stage": trainer.freeze_plan.stage,
+        "checksums": {n: digest(p) for n, p in named.items()},
+        "params": {n: p.detach().reshape(-1).tolist() for n, p in named.items()},
+        "steps": hashes.steps,
+        "late_syncs": sync.syncs if sync is not None else 0,
+        "hooks_left": len(sync._handles) if sync is not None else 0,
+    }
+    if options.reference:
+        with open(options.result, "w") as handle:
+            json.dump([mine], handle)
+        return
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    if dist.get_rank() == 0:
+        with open(options.result, "w") as handle:
+            json.dump(gathered, handle)
+    dist.barrier()  # end cleanly (notes/distributed-cpu.md)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Gradual unfreezing under DDP through FreezingTrainer: two CPU processes (gloo), different data per rank.
+
+Three events bring layers 2, 1 and 0 back after the DDP wrap, with gradient accumulation 2, with and
+without clipping. Every parameter ends bitwise identical on both ranks (sha256), equal within float
+tolerance to one process on the same global batches, and each layer stays bitwise unchanged until its
+event and moves after it. (Without the sync the replicas diverge: tests/test_late_grad_sync.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+WORKER = os.path.join(os.path.dirname(__file__), "distributed_scripts", "unfreeze_ddp.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVENTS = {2: 2, 1: 4, 0: 6}  # layer -> the optimizer step after which it trains
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(tmp_path, name: str, *flags: str, reference: bool = False) -> list[dict]:
+    result = tmp_path / name / "result.json"
+    result.parent.mkdir()
+    if reference:
+        command = [sys.executable, WORKER, "--reference", "--result", str(result), *flags]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(free_port()), WORKER, "--result", str(result), *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0 and result.exists(), f"rc={done.returncode}; stderr tail:\n{done.stderr[-5000:]}"
+    return json.loads(result.read_text())
+
+
+@pytest.mark.parametrize("clip", ["0", "0.5"], ids=["no-clip", "clip"])
+def test_unfreezing_under_ddp_keeps_replicas_identical(tmp_path, clip):
+    ranks = run(tmp_path, "ddp", "--clip", clip)
+    assert [r["world_size"] for r in ranks] == [2, 2] and {r["rank"] for r in ranks} == {0, 1}
+    assert all(r["parallel_mode"].endswith("DISTRIBUTED") for r in ranks), ranks[0]["parallel_mode"]
+    assert all(r["stage"] == 3 and r["hooks_left"] == 0 for r in ranks)
+    assert all(r["late_syncs"] > 0 for r in ranks)
+    assert ranks[0]["checksums"] == ranks[1]["checksums"], "replicas differ after the unfreezing events"
+
+    for rank in ranks:
+        steps = rank["steps"]
+        for layer, event in EVENTS.items():
+            before = {s[str(layer)] for s in steps[:event]}
+            assert len(before) == 1, f"layer {layer} moved before its event on rank {rank['rank']}"
+            assert steps[event][str(layer)] not in before, f"layer {layer} did not train after its event"
+
+    (reference,) = run(tmp_path, "one", "--clip", clip, reference=True)
+    assert reference["world_size"] == 1 and reference["stage"] == 3
+    for name, values in reference["params"].items():
+        torch.testing.assert_close(torch.tensor(ranks[0]["params"][name]), torch.tensor(values),
+                                   rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")

@@ -115,6 +115,7 @@ def main() -> None:
         "per_step": per_step,
         "traffic": traffic,
         "hooks_left": len(sync._handles),
+        "all_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
     }
     path = args.result if args.reference else f"{args.result}.rank{rank}"
     with open(path, "w") as handle:

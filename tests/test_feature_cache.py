@@ -27,7 +27,7 @@ FAMILIES = {
     "distilbert": ("distilbert.embeddings", "distilbert.transformer.layer", 3),
     "deberta_v2": ("deberta.embeddings", "deberta.encoder.layer", 2),
     "llama": ("model.embed_tokens", "model.layers", 2),
-    "vit": ("vit.embeddings", "vit.layers", 4),  # head only: every layer frozen
+    "vit": ("vit.embeddings", None, 4),  # head only: every layer frozen; the stack's path differs by version
 }
 
 
@@ -206,6 +206,9 @@ def test_prefix_found_from_the_plan(family):
     model = build(family)
     plan = freeze_model(model, freeze_embeddings=True, freeze_layers=f":{k}")
     prefix = find_frozen_prefix(model, plan)
+    if stack is None:  # the ModuleList of ViTLayer blocks: vit.layers in transformers 5, vit.encoder.layer in 4.57
+        stack = next(n for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.ModuleList) and type(m[0]).__name__ == "ViTLayer")
     assert (prefix.entry, prefix.stack, prefix.num_layers) == (entry, stack, k)
 
 

@@ -186,7 +186,7 @@ def test_from_pretrained_on_a_partial_folder_fails_loudly(trained, tmp_path):
     assert not any(f.startswith(("model.", "pytorch_model")) for f in os.listdir(folder))
     assert "transformers_weights" not in (folder / "config.json").read_text()
     for load in (type(model).from_pretrained, tf.AutoModel.from_pretrained):
-        with pytest.raises(OSError, match="no file named model.safetensors"):
+        with pytest.raises(OSError, match=r"no file named .*model\.safetensors"):
             load(folder)
     with pytest.raises(OSError, match="model.safetensors"):
         type(model).from_pretrained(folder, use_safetensors=True)

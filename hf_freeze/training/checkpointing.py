@@ -32,8 +32,8 @@ import os
 from typing import Any
 
 import torch
-from transformers.trainer_utils import _is_peft_model
 
+from ..core.adapters import is_peft_model
 from ..core.fingerprint import Fingerprint
 from ..core.partial_checkpoint import is_partial_checkpoint, load_trainable_state, save_trainable_state
 from ..core.plan import PLAN_FILE, FreezePlan
@@ -60,7 +60,7 @@ class PartialCheckpointMixin:
         """The option is on and this trainer writes partial checkpoints (not PEFT, which saves its adapter)."""
         if not getattr(self.args, "save_only_trainable", False) or self.freeze_plan is None:
             return False
-        if _is_peft_model(self.model):
+        if is_peft_model(self.model):
             if not self._peft_noted and self.args.should_save:
                 logger.info("save_only_trainable: the PEFT adapter saving of Trainer already applies to checkpoints.")
             self._peft_noted = True

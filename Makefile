@@ -37,6 +37,7 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed $(VENV_TF4)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 	$(TF4_PYTEST) $(TF4_TESTS)
 

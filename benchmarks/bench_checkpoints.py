@@ -41,8 +41,15 @@ def minilm() -> torch.nn.Module:
 
 def tiny_llama() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = tf.LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=8,
-                            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    config = tf.LlamaConfig(
+        vocab_size=32000,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     return tf.LlamaForCausalLM(config)
 
 
@@ -71,15 +78,23 @@ def folder_bytes(directory: str) -> tuple[int, int]:
 def measure(name: str, partial: bool, repeats: int, workdir: str) -> dict:
     model = MODELS[name]()
     args = FreezingTrainingArguments(
-        os.path.join(workdir, f"{name}-{'partial' if partial else 'full'}"), use_cpu=True, max_steps=1,
-        per_device_train_batch_size=4, save_strategy="no", report_to="none", disable_tqdm=True,
-        freeze_embeddings=True, freeze_layers=":-2", save_only_trainable=partial,
+        os.path.join(workdir, f"{name}-{'partial' if partial else 'full'}"),
+        use_cpu=True,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        freeze_embeddings=True,
+        freeze_layers=":-2",
+        save_only_trainable=partial,
     )
     data = Tokens(model.config.vocab_size, causal=name == "llama")
     trainer = FreezingTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
-    trainable = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()
-                                                             if p.requires_grad}.values())
+    trainable = sum(
+        p.numel() * p.element_size() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values()
+    )
     started = time.perf_counter()
     fingerprint_frozen(model, trainer.freeze_plan)
     fingerprint_s = time.perf_counter() - started
@@ -90,15 +105,24 @@ def measure(name: str, partial: bool, repeats: int, workdir: str) -> dict:
         times.append(time.perf_counter() - started)
     total, model_part = folder_bytes(os.path.join(args.output_dir, "checkpoint-1"))
     return {
-        "model": name, "checkpoint": "partial" if partial else "full", "folder_bytes": total,
-        "model_bytes": model_part, "trainable_bytes": trainable, "save_s_median": statistics.median(times),
-        "save_s_min": min(times), "save_s_max": max(times), "fingerprint_s": fingerprint_s if partial else None,
+        "model": name,
+        "checkpoint": "partial" if partial else "full",
+        "folder_bytes": total,
+        "model_bytes": model_part,
+        "trainable_bytes": trainable,
+        "save_s_median": statistics.median(times),
+        "save_s_min": min(times),
+        "save_s_max": max(times),
+        "fingerprint_s": fingerprint_s if partial else None,
     }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | checkpoint | folder bytes | model part | trainable bytes | model part / trainable "
-             "| save time, s (median, min-max) |", "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| model | checkpoint | folder bytes | model part | trainable bytes | model part / trainable "
+        "| save time, s (median, min-max) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['checkpoint']} | {r['folder_bytes']:,} | {r['model_bytes']:,} | "

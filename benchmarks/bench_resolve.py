@@ -106,16 +106,15 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=25_000, help="blocks of 4 tensors each (default 25000)")
     parser.add_argument("--repeats", type=int, default=3, help="calls per measurement (median)")
+    parser.add_argument("--profile", type=int, default=12, help="list this many hf_freeze functions (0: none)")
     parser.add_argument(
-        "--profile", type=int, default=12, help="list this many hf_freeze functions (0: none)"
-    )
-    parser.add_argument(
-        "--ratio", type=int, default=0, metavar="ROUNDS",
+        "--ratio",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
         help="measure resolve+apply against a bare named_parameters() pass over this many rounds (100k tensors)",
     )
     args = parser.parse_args()
@@ -159,11 +158,7 @@ def main() -> None:
         stats = pstats.Stats(profile, stream=stream).sort_stats("cumulative")
         stats.print_stats(r"hf_freeze", args.profile)
         print("\nWhere resolve spends its time (cProfile, cumulative; profiling slows it down):")
-        print(
-            "\n".join(
-                line for line in stream.getvalue().splitlines() if "hf_freeze" in line or "ncalls" in line
-            )
-        )
+        print("\n".join(line for line in stream.getvalue().splitlines() if "hf_freeze" in line or "ncalls" in line))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,17 @@ WORKER = os.path.join(ROOT, "tests", "distributed_scripts", "late_sync_worker.py
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "traffic.json")
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   WORKER, "--result", result]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            WORKER,
+            "--result",
+            result,
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
         subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
         with open(f"{result}.rank0") as handle:

@@ -57,8 +57,15 @@ def open_fds() -> int:
 def model_hooks(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
-        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                     "_state_dict_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
+        for name in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+            "_load_state_dict_post_hooks",
+        ):
             count += len(getattr(module, name, {}) or {})
     for param in model.parameters():
         count += len(param._backward_hooks or {}) if getattr(param, "_backward_hooks", None) else 0
@@ -134,8 +141,14 @@ def main() -> None:
 
     started = time.time()
     torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=32)
+    config = tf.BertConfig(
+        vocab_size=99,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     model = tf.BertForSequenceClassification(config)
     before = counts(model, None)
     rss_start = rss_bytes()
@@ -143,27 +156,56 @@ def main() -> None:
     events = []
     with tempfile.TemporaryDirectory() as out:
         args = FreezingTrainingArguments(
-            out, freeze_embeddings=True, freeze_layers="all", unfreeze_strategy="steps",
-            unfreeze_steps=max(1, cli.steps // 6), layer_lr_decay=0.9, max_steps=cli.steps,
-            per_device_train_batch_size=8, per_device_eval_batch_size=32, learning_rate=1e-3,
-            lr_scheduler_type="linear", eval_strategy="steps", eval_steps=cli.eval_every, save_strategy="steps",
-            save_steps=cli.save_every, save_total_limit=2, logging_steps=cli.eval_every, report_to="none",
-            use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=42,
+            out,
+            freeze_embeddings=True,
+            freeze_layers="all",
+            unfreeze_strategy="steps",
+            unfreeze_steps=max(1, cli.steps // 6),
+            layer_lr_decay=0.9,
+            max_steps=cli.steps,
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=32,
+            learning_rate=1e-3,
+            lr_scheduler_type="linear",
+            eval_strategy="steps",
+            eval_steps=cli.eval_every,
+            save_strategy="steps",
+            save_steps=cli.save_every,
+            save_total_limit=2,
+            logging_steps=cli.eval_every,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=42,
         )
         train, evaluate = TokenData(512, 1), TokenData(64, 2)
         trainer = None
         for segment in range(cli.segments):
             stop_at = cli.steps * (segment + 1) // cli.segments
-            trainer = FreezingTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluate,
-                                      callbacks=[Probe(samples, cli.sample_every, stop_at, segment)])
+            trainer = FreezingTrainer(
+                model=model,
+                args=args,
+                train_dataset=train,
+                eval_dataset=evaluate,
+                callbacks=[Probe(samples, cli.sample_every, stop_at, segment)],
+            )
             trainer.train(resume_from_checkpoint=True if segment else None)
-            events.append({
-                "segment": segment, "global_step": trainer.state.global_step, "stage": trainer.freeze_plan.stage,
-                "trainable": trainer.freeze_plan.trainable_numel, **counts(model, trainer),
-                "checkpoints": sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")),
-            })
-            print(f"segment {segment}: step {trainer.state.global_step}, unfreeze stage {trainer.freeze_plan.stage}, "
-                  f"RSS {rss_bytes() / MIB:.1f} MiB, {events[-1]}", flush=True)
+            events.append(
+                {
+                    "segment": segment,
+                    "global_step": trainer.state.global_step,
+                    "stage": trainer.freeze_plan.stage,
+                    "trainable": trainer.freeze_plan.trainable_numel,
+                    **counts(model, trainer),
+                    "checkpoints": sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")),
+                }
+            )
+            print(
+                f"segment {segment}: step {trainer.state.global_step}, unfreeze stage {trainer.freeze_plan.stage}, "
+                f"RSS {rss_bytes() / MIB:.1f} MiB, {events[-1]}",
+                flush=True,
+            )
             if segment < cli.segments - 1:
                 trainer = None
         evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
@@ -173,18 +215,30 @@ def main() -> None:
 
     warm = cli.steps // cli.segments // 5
     steady = [(s, r) for s, r, seg in samples if not (seg == 0 and s < warm)]
-    per_segment = {seg: slope_per_1000([(s, r) for s, r, g in samples if g == seg and not (g == 0 and s < warm)])
-                   for seg in range(cli.segments)}
+    per_segment = {
+        seg: slope_per_1000([(s, r) for s, r, g in samples if g == seg and not (g == 0 and s < warm)])
+        for seg in range(cli.segments)
+    }
     result = {
-        "steps": cli.steps, "segments": cli.segments, "eval_every": cli.eval_every, "save_every": cli.save_every,
-        "evaluations": len(evals), "first_eval_loss": evals[0] if evals else None,
+        "steps": cli.steps,
+        "segments": cli.segments,
+        "eval_every": cli.eval_every,
+        "save_every": cli.save_every,
+        "evaluations": len(evals),
+        "first_eval_loss": evals[0] if evals else None,
         "last_eval_loss": evals[-1] if evals else None,
-        "rss_start_mib": rss_start / MIB, "rss_end_mib": rss_bytes() / MIB,
+        "rss_start_mib": rss_start / MIB,
+        "rss_end_mib": rss_bytes() / MIB,
         "rss_slope_mib_per_1000_steps": slope_per_1000(steady),
         "rss_slope_after_first_segment": slope_per_1000([(s, r) for s, r, g in samples if g > 0]),
         "rss_slope_per_segment": per_segment,
-        "counts_before": before, "counts_last_segment": during, "counts_after": after, "segments_detail": events,
-        "seconds": time.time() - started, "torch": torch.__version__, "transformers": tf.__version__,
+        "counts_before": before,
+        "counts_last_segment": during,
+        "counts_after": after,
+        "segments_detail": events,
+        "seconds": time.time() - started,
+        "torch": torch.__version__,
+        "transformers": tf.__version__,
     }
     os.makedirs(os.path.dirname(cli.out), exist_ok=True)
     with open(cli.out, "w") as handle:

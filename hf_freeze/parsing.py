@@ -173,6 +173,7 @@ class FreezingArgumentParser(HfArgumentParser):
             if isinstance(action, argparse._StoreFalseAction) and action.option_strings[0] == f"--no_{action.dest}":
                 action.help = f"Set `{action.dest}` to false."
                 action.default = argparse.SUPPRESS  # the flag's own action holds the default
+
     def config_keys(self) -> set[str]:
         """The keys a config file may set: every argument's destination."""
         return {a.dest for a in self._actions if a.dest not in (argparse.SUPPRESS, "help", "config")}

@@ -70,9 +70,15 @@ def default_corpus():
 def tiny_llama(tokenizer, max_length: int) -> LlamaConfig:
     """A 4-layer Llama sized for a CPU demo; ``--config_overrides`` changes any field."""
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max(max_length, 128),
-        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max(max_length, 128),
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.cls_token_id or tokenizer.bos_token_id,
         eos_token_id=tokenizer.sep_token_id or tokenizer.eos_token_id,
     )
@@ -88,8 +94,9 @@ def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = (
     tokenizer_path = resolve_model_path(model_args.tokenizer_name, None, "tokenizer_name") or model_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or default_minilm_path())
 
-    raw = load_raw_datasets(data_args, default=default_corpus, seed=training_args.seed,
-                            file_types=(".txt", ".csv", ".json", ".jsonl"))
+    raw = load_raw_datasets(
+        data_args, default=default_corpus, seed=training_args.seed, file_types=(".txt", ".csv", ".json", ".jsonl")
+    )
     for split in raw.values():
         require_columns(split, text_column=data_args.text_column)
 
@@ -118,8 +125,10 @@ def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = (
         data = raw.map(tokenize_and_group, batched=True, batch_size=1000, remove_columns=raw["train"].column_names)
     for name in ("train", "validation"):
         if len(data[name]) == 0:
-            raise InvalidOptionError(f"`max_length`={block}: the {name} split has fewer tokens than one block; "
-                                 "lower --max_length or give more text.")
+            raise InvalidOptionError(
+                f"`max_length`={block}: the {name} split has fewer tokens than one block; "
+                "lower --max_length or give more text."
+            )
 
     trainer = FreezingTrainer(
         model=model,
@@ -131,7 +140,11 @@ def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = (
         callbacks=list(callbacks),
     )
     return train_evaluate_report(
-        trainer, tokenizer, "causal_lm", started, ["eval_loss", "perplexity", "train_loss"],
+        trainer,
+        tokenizer,
+        "causal_lm",
+        started,
+        ["eval_loss", "perplexity", "train_loss"],
         extra_eval=lambda m: {"perplexity": math.exp(min(m["eval_loss"], 50.0))},
     )
 

@@ -69,19 +69,27 @@ def digits_dataset():
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = torch.nn.functional.interpolate(images, size=DIGITS_SIZE, mode="bilinear", align_corners=False)
     images = (images - images.mean()) / images.std()
-    features = datasets.Features({
-        "pixel_values": datasets.Array3D((1, DIGITS_SIZE, DIGITS_SIZE), "float32"),
-        "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
-    })
+    features = datasets.Features(
+        {
+            "pixel_values": datasets.Array3D((1, DIGITS_SIZE, DIGITS_SIZE), "float32"),
+            "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
+        }
+    )
     data = datasets.Dataset.from_dict({"pixel_values": images.numpy(), "label": digits.target}, features=features)
     return datasets.DatasetDict({"train": data})
 
 
 def small_resnet(names: list[str]) -> ResNetConfig:
     """A 3-stage ResNet for 1-channel 32x32 images; ``--config_overrides`` changes any field."""
-    return ResNetConfig(num_channels=1, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
-                        num_labels=len(names), id2label=dict(enumerate(names)),
-                        label2id={n: i for i, n in enumerate(names)})
+    return ResNetConfig(
+        num_channels=1,
+        embedding_size=16,
+        hidden_sizes=[16, 32, 64],
+        depths=[1, 1, 1],
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
 
 
 def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
@@ -103,8 +111,12 @@ def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = (
     if model_path is None:
         config = small_resnet(names)
     else:
-        config = AutoConfig.from_pretrained(model_path, num_labels=len(names), id2label=dict(enumerate(names)),
-                                            label2id={n: i for i, n in enumerate(names)})
+        config = AutoConfig.from_pretrained(
+            model_path,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
     apply_config_overrides(config, model_args.config_overrides)
     set_seed(training_args.seed)
     if model_path is None:
@@ -118,6 +130,7 @@ def main(args: list[str] | None = None, callbacks: Sequence[TrainerCallback] = (
         data = raw.map(lambda b: {"labels": [to_id(v) for v in b[label]]}, batched=True, remove_columns=[label])
         data.set_format("torch")
     else:
+
         def transform(batch):
             pixels = processor([img.convert("RGB") for img in batch[image]], return_tensors="pt")["pixel_values"]
             return {"pixel_values": pixels, "labels": torch.tensor([to_id(v) for v in batch[label]])}

@@ -19,8 +19,10 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A local model folder or a Hub id, e.g. `--model_name_or_path bert-base-uncased` "
-                  "(default: the recipe's offline model)."},
+        metadata={
+            "help": "A local model folder or a Hub id, e.g. `--model_name_or_path bert-base-uncased` "
+            "(default: the recipe's offline model)."
+        },
     )
     tokenizer_name: str | None = field(
         default=None,
@@ -28,8 +30,10 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Comma list of key=value applied to the model config, e.g. "
-                  "`--config_overrides hidden_dropout_prob=0,attention_probs_dropout_prob=0`."},
+        metadata={
+            "help": "Comma list of key=value applied to the model config, e.g. "
+            "`--config_overrides hidden_dropout_prob=0,attention_probs_dropout_prob=0`."
+        },
     )
 
 
@@ -39,8 +43,10 @@ class OverwriteOutputDirArguments:
 
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing into an --output_dir that already holds a previous run, e.g. "
-                  "`--overwrite_output_dir`."},
+        metadata={
+            "help": "Allow writing into an --output_dir that already holds a previous run, e.g. "
+            "`--overwrite_output_dir`."
+        },
     )
 
 
@@ -51,8 +57,9 @@ class DataArguments(*compat.missing_training_fields(OverwriteOutputDirArguments)
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A Hub dataset, e.g. `--dataset_name stanfordnlp/sst2` (default: the recipe's "
-                  "offline dataset)."},
+        metadata={
+            "help": "A Hub dataset, e.g. `--dataset_name stanfordnlp/sst2` (default: the recipe's offline dataset)."
+        },
     )
     dataset_config_name: str | None = field(
         default=None, metadata={"help": "The dataset's configuration, e.g. `--dataset_config_name sst2`."}
@@ -89,8 +96,10 @@ class DataArguments(*compat.missing_training_fields(OverwriteOutputDirArguments)
     )
     validation_split_percentage: int = field(
         default=10,
-        metadata={"help": "Percent of the training data held out when there is no validation split, e.g. "
-                  "`--validation_split_percentage 5`."},
+        metadata={
+            "help": "Percent of the training data held out when there is no validation split, e.g. "
+            "`--validation_split_percentage 5`."
+        },
     )
 
 

@@ -20,16 +20,21 @@ DATA_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".txt": "
 
 def _check_file(option: str, path: str, allowed: Iterable[str]) -> str:
     if not os.path.isfile(path):
-        raise InvalidOptionError(f"`{option}`={path!r}: no such file. Check the path (relative paths start "
-                                 f"from {os.getcwd()!r}).")
+        raise InvalidOptionError(
+            f"`{option}`={path!r}: no such file. Check the path (relative paths start from {os.getcwd()!r})."
+        )
     ext = os.path.splitext(path)[1].lower()
     if ext not in allowed:
         raise InvalidOptionError(f"`{option}`={path!r}: unsupported extension {ext!r}; use one of {sorted(allowed)}.")
     return DATA_FILE_LOADERS[ext]
 
 
-def load_raw_datasets(data_args: DataArguments, default: Callable[[], Any], seed: int = 42,
-                      file_types: Iterable[str] = (".csv", ".json", ".jsonl")):
+def load_raw_datasets(
+    data_args: DataArguments,
+    default: Callable[[], Any],
+    seed: int = 42,
+    file_types: Iterable[str] = (".csv", ".json", ".jsonl"),
+):
     """A ``DatasetDict`` with ``train`` and ``validation``: from the Hub, local files, or the recipe's default.
 
     Without a validation split, ``validation_split_percentage`` of the training data is held out.
@@ -38,8 +43,10 @@ def load_raw_datasets(data_args: DataArguments, default: Callable[[], Any], seed
 
     file_types = tuple(file_types)
     if data_args.dataset_name and data_args.train_file:
-        raise InvalidOptionError(f"Both `dataset_name`={data_args.dataset_name!r} and `train_file`="
-                                 f"{data_args.train_file!r} are set; give one of them.")
+        raise InvalidOptionError(
+            f"Both `dataset_name`={data_args.dataset_name!r} and `train_file`="
+            f"{data_args.train_file!r} are set; give one of them."
+        )
     if data_args.validation_file and not data_args.train_file:
         raise InvalidOptionError(f"`validation_file`={data_args.validation_file!r} needs a `train_file` too.")
     if data_args.dataset_name:
@@ -55,8 +62,10 @@ def load_raw_datasets(data_args: DataArguments, default: Callable[[], Any], seed
         files = {"train": data_args.train_file}
         if data_args.validation_file:
             if _check_file("validation_file", data_args.validation_file, file_types) != loader:
-                raise InvalidOptionError(f"`validation_file`={data_args.validation_file!r} is not the same format as "
-                                         f"`train_file`={data_args.train_file!r}.")
+                raise InvalidOptionError(
+                    f"`validation_file`={data_args.validation_file!r} is not the same format as "
+                    f"`train_file`={data_args.train_file!r}."
+                )
             files["validation"] = data_args.validation_file
         raw = datasets.load_dataset(loader, data_files=files)
     else:
@@ -65,8 +74,10 @@ def load_raw_datasets(data_args: DataArguments, default: Callable[[], Any], seed
         if "train" not in raw:
             raise InvalidOptionError(f"The dataset has no 'train' split (splits: {list(raw)}).")
         if not 0 < data_args.validation_split_percentage < 100:
-            raise InvalidOptionError(f"`validation_split_percentage`={data_args.validation_split_percentage} must be "
-                                     "between 1 and 99 when the data has no validation split.")
+            raise InvalidOptionError(
+                f"`validation_split_percentage`={data_args.validation_split_percentage} must be "
+                "between 1 and 99 when the data has no validation split."
+            )
         split = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
         raw = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
     for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
@@ -93,8 +104,10 @@ def label_names(raw, label_column: str) -> list[str]:
     values = sorted({str(v) for v in raw["train"][label_column]})
     unseen = sorted({str(v) for v in raw["validation"][label_column]} - set(values))
     if unseen:
-        raise InvalidOptionError(f"`label_column`={label_column!r}: the validation data has labels {unseen[:5]} that "
-                                 "the training data lacks; every label must appear in training.")
+        raise InvalidOptionError(
+            f"`label_column`={label_column!r}: the validation data has labels {unseen[:5]} that "
+            "the training data lacks; every label must appear in training."
+        )
     return values
 
 

@@ -20,8 +20,9 @@ def accuracy_metric():
             return evaluate.MetricInfo(
                 description="Fraction of predictions equal to the references.",
                 citation="",
-                features=datasets.Features({"predictions": datasets.Value("int64"),
-                                            "references": datasets.Value("int64")}),
+                features=datasets.Features(
+                    {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+                ),
             )
 
         def _compute(self, predictions, references):

@@ -58,8 +58,10 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise InvalidOptionError(f"`config_overrides`={text!r}: {item!r} is not key=value; write e.g. "
-                                     "`hidden_dropout_prob=0,num_hidden_layers=4`.")
+            raise InvalidOptionError(
+                f"`config_overrides`={text!r}: {item!r} is not key=value; write e.g. "
+                "`hidden_dropout_prob=0,num_hidden_layers=4`."
+            )
         value = value.strip()
         try:
             out[key.strip()] = yaml.safe_load(value) if value else value
@@ -72,8 +74,10 @@ def apply_config_overrides(config, text: str | None):
     """Set ``--config_overrides`` on a model config; an unknown key is an error, not a silent extra attribute."""
     for key, value in parse_config_overrides(text).items():
         if not hasattr(config, key):
-            raise InvalidOptionError(f"`config_overrides`: {type(config).__name__} has no attribute {key!r}. "
-                                     f"Use attributes of the model config, e.g. {sorted(config.to_dict())[:5]}.")
+            raise InvalidOptionError(
+                f"`config_overrides`: {type(config).__name__} has no attribute {key!r}. "
+                f"Use attributes of the model config, e.g. {sorted(config.to_dict())[:5]}."
+            )
         setattr(config, key, value)
     return config
 

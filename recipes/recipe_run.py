@@ -63,8 +63,11 @@ def setup_logging(training_args) -> None:
     import datasets
     import transformers
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     level = training_args.get_process_log_level()
     if training_args.should_log and level > logging.INFO:
         level = logging.INFO if training_args.log_level == "passive" else level
@@ -95,19 +98,25 @@ def print_summary(recipe: str, trainer, metrics: dict[str, float], started: floa
     lines = [f"== hf-freeze {recipe}: done =="]
     plan = getattr(trainer, "freeze_plan", None)
     if plan is not None:
-        lines.append(f"trainable: {plan.trainable_numel:,} of {plan.total_numel:,} parameters "
-                     f"({plan.trainable_percent:.1f}%), plan {plan.plan_hash}")
+        lines.append(
+            f"trainable: {plan.trainable_numel:,} of {plan.total_numel:,} parameters "
+            f"({plan.trainable_percent:.1f}%), plan {plan.plan_hash}"
+        )
     else:
         params = {id(p): p for p in trainer.accelerator.unwrap_model(trainer.model).parameters()}.values()
         total, trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
-        lines.append(f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.1f}%), "
-                     "no freezing option set")
+        lines.append(
+            f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.1f}%), "
+            "no freezing option set"
+        )
     shown = [f"{key}: {metrics[key]:.4f}" for key in headline if key in metrics]
     if shown:
         lines.append(" | ".join(shown))
-    lines.append(f"time: {format_seconds(time.time() - started)} total, "
-                 f"{format_seconds(metrics.get('train_runtime', 0.0))} training, "
-                 f"{trainer.accelerator.num_processes} process(es) on {trainer.args.device.type}")
+    lines.append(
+        f"time: {format_seconds(time.time() - started)} total, "
+        f"{format_seconds(metrics.get('train_runtime', 0.0))} training, "
+        f"{trainer.accelerator.num_processes} process(es) on {trainer.args.device.type}"
+    )
     saved = f"model, {PLAN_FILE}, all_results.json" if plan is not None else "model, all_results.json"
     lines.append(f"outputs: {os.path.abspath(out)} ({saved})")
     text = "\n".join(lines)

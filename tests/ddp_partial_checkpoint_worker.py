@@ -41,10 +41,19 @@ def main() -> None:
 
     def args() -> FreezingTrainingArguments:
         return FreezingTrainingArguments(
-            cli.output_dir, use_cpu=True,  # without it each process trains alone (notes/distributed-cpu.md)
-            per_device_train_batch_size=2, max_steps=6, save_strategy="steps", save_steps=3, learning_rate=1e-2,
-            report_to="none", disable_tqdm=True, dataloader_num_workers=0, freeze_embeddings=True,
-            freeze_layers=":2", save_only_trainable=True,
+            cli.output_dir,
+            use_cpu=True,  # without it each process trains alone (notes/distributed-cpu.md)
+            per_device_train_batch_size=2,
+            max_steps=6,
+            save_strategy="steps",
+            save_steps=3,
+            learning_rate=1e-2,
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            freeze_embeddings=True,
+            freeze_layers=":2",
+            save_only_trainable=True,
         )
 
     model = build("bert")

@@ -28,7 +28,8 @@ class Located:
 
     def path(self, model: nn.Module) -> str:
         found = [
-            name for name, module in model.named_modules()
+            name
+            for name, module in model.named_modules()
             if type(module).__name__ == self.cls
             or (isinstance(module, nn.ModuleList) and len(module) and type(module[0]).__name__ == self.cls)
         ]
@@ -264,9 +265,7 @@ def test_freeze_embeddings_freezes_exactly_the_embedding_block(models):
 def test_albert_shared_layers(models):
     model = get(models, "albert")  # 4 layers sharing 2 parameter groups
     plan = FreezeSpec(freeze_layers=":2").resolve(model)
-    assert set(plan.frozen_names) == {
-        n for n in names(model) if n.startswith("albert.encoder.albert_layer_groups.0.")
-    }
+    assert set(plan.frozen_names) == {n for n in names(model) if n.startswith("albert.encoder.albert_layer_groups.0.")}
     with pytest.raises(SharedLayersError, match=r"`freeze_layers`=':1'.*share 2 parameter group"):
         FreezeSpec(freeze_layers=":1").resolve(model)
     plan = FreezeSpec(freeze_layers="all").resolve(model)

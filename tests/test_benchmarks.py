@@ -148,12 +148,24 @@ def _fake_cases() -> dict:
     }
     cases = report.summarize(times, warmup=1)
     sizes = {
-        "head/trainer": dict(trainable_params=10, grad_bytes=40, peak_rss_bytes=100 * report.MIB,
-                             optimizer_state_bytes={"per_parameter": 80, "other": 8, "total": 88}),
-        "head/freezing": dict(trainable_params=10, grad_bytes=80, peak_rss_bytes=99 * report.MIB,
-                              optimizer_state_bytes={"per_parameter": 80, "other": 8, "total": 88}),
-        "head/forward": dict(trainable_params=0, grad_bytes=0, peak_rss_bytes=90 * report.MIB,
-                             optimizer_state_bytes={"per_parameter": 0, "other": 0, "total": 0}),
+        "head/trainer": dict(
+            trainable_params=10,
+            grad_bytes=40,
+            peak_rss_bytes=100 * report.MIB,
+            optimizer_state_bytes={"per_parameter": 80, "other": 8, "total": 88},
+        ),
+        "head/freezing": dict(
+            trainable_params=10,
+            grad_bytes=80,
+            peak_rss_bytes=99 * report.MIB,
+            optimizer_state_bytes={"per_parameter": 80, "other": 8, "total": 88},
+        ),
+        "head/forward": dict(
+            trainable_params=0,
+            grad_bytes=0,
+            peak_rss_bytes=90 * report.MIB,
+            optimizer_state_bytes={"per_parameter": 0, "other": 0, "total": 0},
+        ),
     }
     for case_id, extra in sizes.items():
         cases[case_id].update(extra, losses=[0.5, 0.4])
@@ -188,9 +200,22 @@ def test_report_ratios_targets_table_and_chart(tmp_path):
 @pytest.mark.slow
 def test_run_benchmarks_end_to_end(tmp_path):
     command = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "run_benchmarks.py"), "--model", TINY_BERT, "--quick",
-        "--batch_size", "4", "--seq_len", "16", "--cases", "head/trainer", "head/freezing",
-        "--output_dir", str(tmp_path), "--chart", str(tmp_path / "docs" / "chart.png"),
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "run_benchmarks.py"),
+        "--model",
+        TINY_BERT,
+        "--quick",
+        "--batch_size",
+        "4",
+        "--seq_len",
+        "16",
+        "--cases",
+        "head/trainer",
+        "head/freezing",
+        "--output_dir",
+        str(tmp_path),
+        "--chart",
+        str(tmp_path / "docs" / "chart.png"),
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)

@@ -49,7 +49,9 @@ def test_the_private_trainer_methods_overridden_still_exist():
         assert callable(getattr(tf.Trainer, name, None)), f"Trainer.{name} is gone: update checkpointing"
     assert "self.save_model(" in inspect.getsource(tf.Trainer._save_checkpoint)
     assert list(inspect.signature(tf.Trainer._load_from_checkpoint).parameters)[:3] == [
-        "self", "resume_from_checkpoint", "model"
+        "self",
+        "resume_from_checkpoint",
+        "model",
     ]
 
 
@@ -63,8 +65,17 @@ def test_checkpoint_holds_only_what_trained_and_resume_is_bitwise(partial_run, t
     root, model, _ = partial_run
     checkpoint = root / "run" / "checkpoint-3"
     files = set(os.listdir(checkpoint))
-    assert {STATE_FILE, MANIFEST_FILE, "freeze_plan.json", "optimizer.pt", "scheduler.pt", "trainer_state.json",
-            "rng_state.pth", "config.json", "training_args.bin"} <= files
+    assert {
+        STATE_FILE,
+        MANIFEST_FILE,
+        "freeze_plan.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "trainer_state.json",
+        "rng_state.pth",
+        "config.json",
+        "training_args.bin",
+    } <= files
     assert not files & {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"}
     assert is_partial_checkpoint(checkpoint)
 
@@ -178,10 +189,16 @@ def test_gradual_unfreezing_across_a_partial_resume(tmp_path):
 
 
 def test_load_best_model_with_gradual_unfreezing_is_refused(tmp_path):
-    options = {**UNFREEZE, "save_only_trainable": True, "load_best_model_at_end": True, "eval_strategy": "steps",
-               "eval_steps": 3}
-    trainer = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, **options), train_dataset=TokenData(),
-                              eval_dataset=TokenData(4))
+    options = {
+        **UNFREEZE,
+        "save_only_trainable": True,
+        "load_best_model_at_end": True,
+        "eval_strategy": "steps",
+        "eval_steps": 3,
+    }
+    trainer = FreezingTrainer(
+        model=build("bert"), args=args_for(tmp_path, **options), train_dataset=TokenData(), eval_dataset=TokenData(4)
+    )
     with pytest.raises(InvalidOptionError, match="load_best_model_at_end"):
         trainer.train()
     assert trainer.state.global_step == 0
@@ -189,8 +206,14 @@ def test_load_best_model_with_gradual_unfreezing_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_load_best_model_at_end_reads_a_partial_checkpoint(tmp_path):
-    options = {**OPTIONS, "load_best_model_at_end": True, "eval_strategy": "steps", "eval_steps": 3,
-               "metric_for_best_model": "loss", "greater_is_better": True}  # the worse checkpoint wins
+    options = {
+        **OPTIONS,
+        "load_best_model_at_end": True,
+        "eval_strategy": "steps",
+        "eval_steps": 3,
+        "metric_for_best_model": "loss",
+        "greater_is_better": True,
+    }  # the worse checkpoint wins
     model, trainer = trained_run(tmp_path, eval_dataset=TokenData(4), **options)
     best = trainer.state.best_model_checkpoint
     assert best is not None and best.endswith("checkpoint-3") and is_partial_checkpoint(best)

@@ -187,9 +187,7 @@ def test_plot_without_matplotlib(model_dirs, capsys, monkeypatch, tmp_path):
 
 
 def test_plot_to_unwritable_path_exits_1(model_dirs, capsys, tmp_path):
-    code, _, err = run_cli(
-        ["inspect", model_dirs["bert"], "--plot", str(tmp_path / "no" / "dir" / "x.png")], capsys
-    )
+    code, _, err = run_cli(["inspect", model_dirs["bert"], "--plot", str(tmp_path / "no" / "dir" / "x.png")], capsys)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("hf-freeze: error: ") and "x.png" in lines[0]
 
@@ -261,10 +259,7 @@ def test_negative_layer_slice_as_separate_argument(model_dirs, capsys):
     assert code == 0, err
     code, attached, _ = run_cli(["inspect", model_dirs["bert"], "--freeze_layers=-2:", "--json"], capsys)
     assert separate == attached
-    assert (
-        FreezePlan.from_json(separate).to_dict()
-        == reference_plan(model_dirs["bert"], freeze_layers="-2:").to_dict()
-    )
+    assert FreezePlan.from_json(separate).to_dict() == reference_plan(model_dirs["bert"], freeze_layers="-2:").to_dict()
 
 
 def test_a_repeated_pattern_flag_keeps_every_value(model_dirs, capsys, tmp_path):
@@ -275,8 +270,9 @@ def test_a_repeated_pattern_flag_keeps_every_value(model_dirs, capsys, tmp_path)
     assert FreezePlan.from_json(out).spec["unfreeze"] == ["a", "b"]
     # flags replace the YAML list rather than adding to it
     recipe = _recipe(tmp_path, {"model_name_or_path": model_dirs["bert"], "freeze": ["pooler"]})
-    code, out, err = run_cli(["inspect", "--config", recipe, "--freeze", "embeddings", "--freeze", "layer.1", "--json"],
-                             capsys)
+    code, out, err = run_cli(
+        ["inspect", "--config", recipe, "--freeze", "embeddings", "--freeze", "layer.1", "--json"], capsys
+    )
     assert code == 0, err
     assert FreezePlan.from_json(out).spec["freeze"] == ["embeddings", "layer.1"]
 
@@ -355,11 +351,7 @@ def test_training_argument_keys_are_not_taken_for_typos(tmp_path):
     from hf_freeze.cli.inspection import read_recipe
     from hf_freeze.training.arguments import FreezingTrainingArguments
 
-    keys = {
-        f.name: None
-        for f in fields(FreezingTrainingArguments)
-        if f.name not in FreezeSpec.__dataclass_fields__
-    }
+    keys = {f.name: None for f in fields(FreezingTrainingArguments) if f.name not in FreezeSpec.__dataclass_fields__}
     model, options = read_recipe(_recipe(tmp_path, {**keys, "model_name_or_path": "m", "freeze_layers": 2}))
     assert model == "m" and options == {"freeze_layers": 2}
 
@@ -433,8 +425,7 @@ def test_console_script_and_offline_hub_id(model_dirs, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert (
-        FreezePlan.from_json(done.stdout).plan_hash
-        == reference_plan(model_dirs["llama"], freeze_layers=":2").plan_hash
+        FreezePlan.from_json(done.stdout).plan_hash == reference_plan(model_dirs["llama"], freeze_layers=":2").plan_hash
     )
 
     done = subprocess.run(
@@ -446,6 +437,4 @@ def test_console_script_and_offline_hub_id(model_dirs, tmp_path):
     )
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hf-freeze: error: ") and "HF_HUB_OFFLINE=1" in lines[0], (
-        lines
-    )
+    assert len(lines) == 1 and lines[0].startswith("hf-freeze: error: ") and "HF_HUB_OFFLINE=1" in lines[0], lines

@@ -28,7 +28,7 @@ def declared_transformers_range() -> SpecifierSet:
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
         dependencies = tomllib.load(handle)["project"]["dependencies"]
     (spec,) = [d for d in dependencies if re.match(r"transformers\b", d)]
-    return SpecifierSet(spec[len("transformers"):])
+    return SpecifierSet(spec[len("transformers") :])
 
 
 def test_private_trainer_methods_still_exist_with_their_parameters():
@@ -54,8 +54,10 @@ def test_a_vanished_or_reshaped_private_method_is_reported():
 def test_freezing_trainer_overrides_only_the_private_methods_compat_owns():
     own = {name for name in vars(FreezingTrainer) if name.startswith("_") and not name.startswith("__")}
     trainer_private = {name for name in own if callable(getattr(Trainer, name, None))}
-    assert trainer_private == set(), f"FreezingTrainer overrides private Trainer methods {trainer_private}; " \
+    assert trainer_private == set(), (
+        f"FreezingTrainer overrides private Trainer methods {trainer_private}; "
         "route them through hf_freeze.training.compat.CompatTrainer"
+    )
 
 
 def test_installed_transformers_is_in_the_declared_range():

@@ -91,9 +91,7 @@ def test_shared_layers():
 
 
 def test_tie_between_frozen_and_trained_name():
-    with pytest.raises(
-        TiedWeightsConflictError, match=r"'shared.weight'.*`freeze_embeddings`.*`train_head`=True"
-    ):
+    with pytest.raises(TiedWeightsConflictError, match=r"'shared.weight'.*`freeze_embeddings`.*`train_head`=True"):
         freeze_model(build("t5"), freeze_embeddings=True)
 
 

@@ -39,9 +39,23 @@ def _env() -> dict[str, str]:
 
 def run_worker(out: Path, result: Path, *extra: str) -> dict:
     done = subprocess.run(
-        [sys.executable, str(WORKER), "--output_dir", str(out), "--result", str(result), "--max_steps",
-         str(MAX_STEPS), "--save_steps", str(SAVE_STEPS), *extra],
-        env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+        [
+            sys.executable,
+            str(WORKER),
+            "--output_dir",
+            str(out),
+            "--result",
+            str(result),
+            "--max_steps",
+            str(MAX_STEPS),
+            "--save_steps",
+            str(SAVE_STEPS),
+            *extra,
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(Path(str(result) + ".json").read_text())
@@ -51,9 +65,26 @@ def kill_at(out: Path, tmp: Path, *point: str) -> None:
     """Start a run that stops at ``point``, SIGKILL it there, wait for it to be gone."""
     marker = tmp / f"reached-{time.monotonic_ns()}"
     process = subprocess.Popen(
-        [sys.executable, str(WORKER), "--output_dir", str(out), "--result", str(tmp / "unused.pt"), "--max_steps",
-         str(MAX_STEPS), "--save_steps", str(SAVE_STEPS), "--resume", *point, "--marker", str(marker)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(WORKER),
+            "--output_dir",
+            str(out),
+            "--result",
+            str(tmp / "unused.pt"),
+            "--max_steps",
+            str(MAX_STEPS),
+            "--save_steps",
+            str(SAVE_STEPS),
+            "--resume",
+            *point,
+            "--marker",
+            str(marker),
+        ],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + TIMEOUT

@@ -101,10 +101,25 @@ def train(family: str, cached: bool, tokenizer, collator=None, tmp_path=None, **
     if not cached:
         eval_mode_prefix(model, entry, stack, k)
     args = FreezingTrainingArguments(
-        str(tmp_path or "unused"), freeze_embeddings=True, freeze_layers=f":{k}", cache_frozen_features=cached,
-        per_device_train_batch_size=3, per_device_eval_batch_size=4, gradient_accumulation_steps=2,
-        num_train_epochs=3, learning_rate=5e-2, logging_steps=1, optim="sgd", eval_strategy="steps", eval_steps=2,
-        report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no", seed=7, **options,
+        str(tmp_path or "unused"),
+        freeze_embeddings=True,
+        freeze_layers=f":{k}",
+        cache_frozen_features=cached,
+        per_device_train_batch_size=3,
+        per_device_eval_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_train_epochs=3,
+        learning_rate=5e-2,
+        logging_steps=1,
+        optim="sgd",
+        eval_strategy="steps",
+        eval_steps=2,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=7,
+        **options,
     )
     trainer = FreezingTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator or default
@@ -158,8 +173,9 @@ def test_augmenting_collator_misses_and_stays_exact(tokenizer, caplog):
 
 @pytest.mark.slow
 def test_spill_to_disk_with_a_tiny_budget_stays_exact(tokenizer, tmp_path):
-    cached = train("bert", True, tokenizer, feature_cache_max_memory_mb=0.001,
-                   feature_cache_dir=str(tmp_path / "cache"))
+    cached = train(
+        "bert", True, tokenizer, feature_cache_max_memory_mb=0.001, feature_cache_dir=str(tmp_path / "cache")
+    )
     plain = train("bert", False, tokenizer)
     assert_same_run(cached, plain)
     stats = cached["trainer"].feature_cache_stats
@@ -189,8 +205,10 @@ def test_keys_follow_content_not_padding_or_position(tokenizer):
     ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
     mask = (ids != 0).long()
     first = model(input_ids=ids, attention_mask=mask).logits
-    again = model(input_ids=torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1),
-                  attention_mask=torch.cat([mask, torch.zeros(2, 3, dtype=torch.long)], 1)).logits
+    again = model(
+        input_ids=torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1),
+        attention_mask=torch.cat([mask, torch.zeros(2, 3, dtype=torch.long)], 1),
+    ).logits
     assert cache.stats().hits == 2 and cache.stats().prefix_skips == 1
     torch.testing.assert_close(again, first)
     model(input_ids=torch.tensor([[5, 6, 8, 0]]), attention_mask=torch.tensor([[1, 1, 1, 0]]))
@@ -207,8 +225,11 @@ def test_prefix_found_from_the_plan(family):
     plan = freeze_model(model, freeze_embeddings=True, freeze_layers=f":{k}")
     prefix = find_frozen_prefix(model, plan)
     if stack is None:  # the ModuleList of ViTLayer blocks: vit.layers in transformers 5, vit.encoder.layer in 4.57
-        stack = next(n for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.ModuleList) and type(m[0]).__name__ == "ViTLayer")
+        stack = next(
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.ModuleList) and type(m[0]).__name__ == "ViTLayer"
+        )
     assert (prefix.entry, prefix.stack, prefix.num_layers) == (entry, stack, k)
 
 
@@ -242,8 +263,14 @@ def test_refused_when_a_trainable_parameter_outside_the_layers_feeds_the_prefix(
     """DeBERTa-v2's relative-position LayerNorm sits in the encoder, used by every layer; here it trains."""
     torch.manual_seed(0)
     model = tf.DebertaV2ForSequenceClassification(
-        tf.DebertaV2Config(num_hidden_layers=4, relative_attention=True, position_buckets=8,
-                           norm_rel_ebd="layer_norm", pos_att_type=["p2c", "c2p"], **TEXT)
+        tf.DebertaV2Config(
+            num_hidden_layers=4,
+            relative_attention=True,
+            position_buckets=8,
+            norm_rel_ebd="layer_norm",
+            pos_att_type=["p2c", "c2p"],
+            **TEXT,
+        )
     )
     plan = freeze_model(model, freeze_embeddings=True, freeze_layers=":2")
     cache = FeatureCache.install(model, plan)
@@ -272,8 +299,15 @@ def test_refused_side_outputs():
 def test_trainer_refuses_before_any_step(options, words, tmp_path):
     model = build("bert")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = FreezingTrainingArguments(str(tmp_path), cache_frozen_features=True, report_to="none", use_cpu=True,
-                                     max_steps=2, save_strategy="no", **options)
+    args = FreezingTrainingArguments(
+        str(tmp_path),
+        cache_frozen_features=True,
+        report_to="none",
+        use_cpu=True,
+        max_steps=2,
+        save_strategy="no",
+        **options,
+    )
     trainer = FreezingTrainer(model=model, args=args, train_dataset=Texts(), data_collator=_collate)
     with pytest.raises(InvalidOptionError, match=words):
         trainer.train()
@@ -299,10 +333,14 @@ def test_recipes_accept_the_options_from_flags_and_yaml(tmp_path):
     import yaml
 
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"cache_frozen_features": True, "feature_cache_max_memory_mb": 64,
-                                      "output_dir": str(tmp_path / "out")}))
+    config.write_text(
+        yaml.safe_dump(
+            {"cache_frozen_features": True, "feature_cache_max_memory_mb": 64, "output_dir": str(tmp_path / "out")}
+        )
+    )
     _, _, args = ru.parse_recipe_args({}, ["--config", str(config)])
     assert args.cache_frozen_features is True and args.feature_cache_max_memory_mb == 64
-    _, _, args = ru.parse_recipe_args({}, ["--cache_frozen_features", "--feature_cache_dir", str(tmp_path),
-                                           "--output_dir", str(tmp_path / "out")])
+    _, _, args = ru.parse_recipe_args(
+        {}, ["--cache_frozen_features", "--feature_cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    )
     assert args.cache_frozen_features is True and args.feature_cache_dir == str(tmp_path)

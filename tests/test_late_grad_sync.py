@@ -29,8 +29,18 @@ def run(tmp_path, *flags: str, processes: int = 2) -> list[dict]:
     if "--reference" in flags:
         command = [sys.executable, WORKER, "--result", str(result), *flags]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                   str(processes), WORKER, "--result", str(result), *flags]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            WORKER,
+            "--result",
+            str(result),
+            *flags,
+        ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, f"rc={done.returncode}; stderr tail:\n{done.stderr[-4000:]}"
     if "--reference" in flags:

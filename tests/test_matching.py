@@ -83,9 +83,7 @@ def test_layer_1_does_not_hit_layer_10_or_11():
     import transformers as tf
 
     model = tf.BertModel(
-        tf.BertConfig(
-            vocab_size=20, hidden_size=8, num_hidden_layers=12, num_attention_heads=2, intermediate_size=8
-        )
+        tf.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=12, num_attention_heads=2, intermediate_size=8)
     )
     plan = FreezeSpec(freeze=["layer.1"]).resolve(model)
     assert plan.frozen_names and all(n.startswith("encoder.layer.1.") for n in plan.frozen_names)

@@ -53,7 +53,7 @@ def test_freeze_spec_fields_are_the_spec_options():
 def test_training_arguments_fields_are_all_options():
     by_name = {f.name: f for f in dataclasses.fields(FreezingTrainingArguments)}
     assert list(by_name)[0] == "output_dir"  # the declared fields come after TrainingArguments' own
-    assert [n for n in by_name if n in NAMES] == NAMES == list(by_name)[-len(NAMES):]
+    assert [n for n in by_name if n in NAMES] == NAMES == list(by_name)[-len(NAMES) :]
     for option in OPTIONS:
         f = by_name[option.name]
         assert f.metadata["help"] == option.help_text
@@ -64,8 +64,16 @@ def test_training_arguments_fields_are_all_options():
 
 
 def test_values_handed_to_the_spec_are_the_spec_options(tmp_path):
-    values = {"freeze": "pooler", "unfreeze": ["a"], "freeze_embeddings": True, "freeze_layers": "none",
-              "layer_stack": "encoder.layer", "train_head": False, "freeze_norm_stats": False, "freeze_strict": False}
+    values = {
+        "freeze": "pooler",
+        "unfreeze": ["a"],
+        "freeze_embeddings": True,
+        "freeze_layers": "none",
+        "layer_stack": "encoder.layer",
+        "train_head": False,
+        "freeze_norm_stats": False,
+        "freeze_strict": False,
+    }
     assert set(values) == {o.name for o in SPEC_OPTIONS}
     args = FreezingTrainingArguments(str(tmp_path), **values)
     assert args.freeze_spec == FreezeSpec(**values)
@@ -73,8 +81,11 @@ def test_values_handed_to_the_spec_are_the_spec_options(tmp_path):
 
 
 def test_plan_options_are_the_declared_training_options():
-    assert TRAINER_PLAN_OPTIONS == PLAN_TRAINING_OPTIONS == (
-        "layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event", "save_only_trainable")
+    assert (
+        TRAINER_PLAN_OPTIONS
+        == PLAN_TRAINING_OPTIONS
+        == ("layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event", "save_only_trainable")
+    )
 
 
 def test_inspect_flags_are_exactly_the_spec_options():
@@ -117,8 +128,11 @@ def test_a_new_option_is_one_declaration(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--help"]])
 def test_help_renders_for_every_parser(capsys, argv):
-    for parser in (FreezingArgumentParser(FreezingTrainingArguments), make_inspect_parser(),
-                   HfArgumentParser(FreezeSpec)):
+    for parser in (
+        FreezingArgumentParser(FreezingTrainingArguments),
+        make_inspect_parser(),
+        HfArgumentParser(FreezeSpec),
+    ):
         with pytest.raises(SystemExit) as exited:
             parser.parse_args(argv)
         assert exited.value.code == 0

@@ -68,8 +68,9 @@ def test_layer_split_names_rates_and_order():
 def test_only_builds_the_groups_of_the_named_parameters():
     model, plan = _bert(freeze_layers=":2")
     layer_1 = [n for n in plan.frozen_names if ".layer.1." in n]
-    groups = optim.param_groups(plan, model.named_parameters(), _decay_names(model), LR, WD, only=layer_1,
-                                by_layer=True)
+    groups = optim.param_groups(
+        plan, model.named_parameters(), _decay_names(model), LR, WD, only=layer_1, by_layer=True
+    )
     assert [g["name"] for g in groups] == ["bert.encoder.layer.1/decay", "bert.encoder.layer.1/no_decay"]
     assert sorted(n for g in groups for n in _names(model, g)) == sorted(layer_1)
     assert all(g["lr"] == LR for g in groups)  # layer_decay 1: named by layer, unscaled
@@ -111,15 +112,21 @@ def test_callback_unfreezes_with_the_optimizer_and_scheduler_it_is_handed():
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10)
     callback = GradualUnfreezing("steps", 2, 1)
     callback.start(plan)
-    callback.attach(model, optimizer, lambda p, names: optim.param_groups(
-        p, model.named_parameters(), decay, LR, WD, 0.5, only=names, by_layer=True), checkpointing=False)
+    callback.attach(
+        model,
+        optimizer,
+        lambda p, names: optim.param_groups(p, model.named_parameters(), decay, LR, WD, 0.5, only=names, by_layer=True),
+        checkpointing=False,
+    )
     before = len(optimizer.param_groups)
     events = dict(model=model, optimizer=optimizer, lr_scheduler=scheduler)
-    callback.on_step_end(_event_args(), SimpleNamespace(global_step=1, max_steps=10, is_world_process_zero=True),
-                         None, **events)
+    callback.on_step_end(
+        _event_args(), SimpleNamespace(global_step=1, max_steps=10, is_world_process_zero=True), None, **events
+    )
     assert callback.plan.stage == 0 and len(optimizer.param_groups) == before  # not due yet
-    callback.on_step_end(_event_args(), SimpleNamespace(global_step=2, max_steps=10, is_world_process_zero=True),
-                         None, **events)
+    callback.on_step_end(
+        _event_args(), SimpleNamespace(global_step=2, max_steps=10, is_world_process_zero=True), None, **events
+    )
     assert callback.plan.stage == 1 and model.bert.encoder.layer[1].output.dense.weight.requires_grad
     assert not model.bert.encoder.layer[0].output.dense.weight.requires_grad
     added = {g["name"]: g for g in optimizer.param_groups[before:]}
@@ -135,12 +142,18 @@ def test_callback_replays_a_resumed_stage_when_the_optimizer_is_built():
     callback = GradualUnfreezing("steps", 1, 1)
     callback.start(plan)
     callback.resume_stage = 2
-    callback.attach(model, optimizer, lambda p, names: optim.param_groups(
-        p, model.named_parameters(), decay, LR, WD, only=names, by_layer=True), checkpointing=False)
+    callback.attach(
+        model,
+        optimizer,
+        lambda p, names: optim.param_groups(p, model.named_parameters(), decay, LR, WD, only=names, by_layer=True),
+        checkpointing=False,
+    )
     assert callback.plan.stage == 2 and model.bert.encoder.layer[1].output.dense.weight.requires_grad
     assert [g.get("name") for g in optimizer.param_groups[1:]] == [
-        "bert.encoder.layer.2/decay", "bert.encoder.layer.2/no_decay",
-        "bert.encoder.layer.1/decay", "bert.encoder.layer.1/no_decay",
+        "bert.encoder.layer.2/decay",
+        "bert.encoder.layer.2/no_decay",
+        "bert.encoder.layer.1/decay",
+        "bert.encoder.layer.1/no_decay",
     ]
     callback.restart(model)  # a new train() call starts from stage 0 again
     assert callback.plan.stage == 0 and not model.bert.encoder.layer[2].output.dense.weight.requires_grad
@@ -149,8 +162,14 @@ def test_callback_replays_a_resumed_stage_when_the_optimizer_is_built():
 def test_unfrozen_groups_use_the_rate_the_optimizer_was_built_with(tmp_path):
     # optimizer_cls_and_kwargs sets lr=0.1; before, groups added by unfreezing took args.learning_rate (0.01)
     args = FreezingTrainingArguments(
-        str(tmp_path), freeze_layers=":3", unfreeze_strategy="steps", unfreeze_steps=1, layer_lr_decay=0.5,
-        learning_rate=0.01, use_cpu=True, report_to="none",
+        str(tmp_path),
+        freeze_layers=":3",
+        unfreeze_strategy="steps",
+        unfreeze_steps=1,
+        layer_lr_decay=0.5,
+        learning_rate=0.01,
+        use_cpu=True,
+        report_to="none",
     )
     trainer = FreezingTrainer(model=build("bert"), args=args, optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))
     trainer.create_optimizer()
@@ -166,8 +185,11 @@ def test_only_the_listed_private_trainer_methods_are_overridden():
     from hf_freeze.training.compat import PRIVATE_TRAINER_METHODS
 
     private = {
-        name for cls in FreezingTrainer.__mro__ if cls.__module__.startswith("hf_freeze")
-        for name in vars(cls) if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)
+        name
+        for cls in FreezingTrainer.__mro__
+        if cls.__module__.startswith("hf_freeze")
+        for name in vars(cls)
+        if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)
     }
     assert private == set(PRIVATE_TRAINER_METHODS)
     assert all(f"``{name}``" in module.__doc__ for name in private)
@@ -185,7 +207,8 @@ def test_model_card_section_is_added_once(tmp_path):
 
 
 def test_plain_training_arguments_build_no_callback(tmp_path):
-    trainer = FreezingTrainer(model=build("bert"), args=TrainingArguments(str(tmp_path), use_cpu=True,
-                                                                          report_to="none"))
+    trainer = FreezingTrainer(
+        model=build("bert"), args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none")
+    )
     assert trainer._unfreezing is None and not trainer.freezing_enabled
     assert not any(isinstance(c, GradualUnfreezing) for c in trainer.callback_handler.callbacks)

@@ -30,8 +30,18 @@ def write(tmp_path, name: str, data: dict) -> str:
 
 @pytest.mark.parametrize("name", ["run.yaml", "run.json"])
 def test_config_file_gives_defaults_and_flags_override(tmp_path, name):
-    config = write(tmp_path, name, {"output_dir": str(tmp_path), "freeze_layers": ":2", "freeze": ["pooler"],
-                                     "learning_rate": 3e-4, "model_name_or_path": "m", "train_head": False})
+    config = write(
+        tmp_path,
+        name,
+        {
+            "output_dir": str(tmp_path),
+            "freeze_layers": ":2",
+            "freeze": ["pooler"],
+            "learning_rate": 3e-4,
+            "model_name_or_path": "m",
+            "train_head": False,
+        },
+    )
     script, args = parser().parse_args_and_config(
         ["--config", config, "--freeze_layers", "-1:"], defaults={"learning_rate": 1e-5, "freeze_embeddings": True}
     )
@@ -51,8 +61,11 @@ def test_a_yaml_file_as_first_argument_is_the_config(tmp_path):
 
 def test_unknown_config_key_is_an_error_with_the_close_name(tmp_path):
     config = write(tmp_path, "run.yaml", {"freeze_layer": ":2", "num_epochs": 3})
-    with pytest.raises(InvalidOptionError, match=r"'freeze_layer' \(did you mean 'freeze_layers'\?\).*'num_epochs' "
-                       r"\(did you mean 'num_train_epochs'\?\)"):
+    with pytest.raises(
+        InvalidOptionError,
+        match=r"'freeze_layer' \(did you mean 'freeze_layers'\?\).*'num_epochs' "
+        r"\(did you mean 'num_train_epochs'\?\)",
+    ):
         parser().parse_args_and_config(["--config", config])
     with pytest.raises(InvalidOptionError, match=r"`defaults`.*'lr'"):
         parser().parse_args_and_config([], defaults={"lr": 1})

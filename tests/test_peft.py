@@ -22,8 +22,15 @@ from hf_freeze.training.unfreezing import unfreeze_events
 peft = pytest.importorskip("peft")
 
 ARGS = dict(
-    per_device_train_batch_size=4, learning_rate=5e-2, report_to="none", use_cpu=True, logging_steps=1,
-    disable_tqdm=True, save_strategy="no", dataloader_num_workers=0, max_steps=3,
+    per_device_train_batch_size=4,
+    learning_rate=5e-2,
+    report_to="none",
+    use_cpu=True,
+    logging_steps=1,
+    disable_tqdm=True,
+    save_strategy="no",
+    dataloader_num_workers=0,
+    max_steps=3,
 )
 
 
@@ -45,23 +52,34 @@ class Tokens(torch.utils.data.Dataset):
 # base model, PEFT config factory, causal LM?, the layer-0 segment, a base module no adapter saves
 CASES = {
     "lora-causal-lm": (
-        "llama", lambda: peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
-        True, "layers.0", r"layers\.3\.mlp\.down_proj",
+        "llama",
+        lambda: peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        True,
+        "layers.0",
+        r"layers\.3\.mlp\.down_proj",
     ),
     "lora-seq-cls-modules-to-save": (
-        "bert", lambda: peft.LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"),
-        False, "layer.0", "pooler.dense",
+        "bert",
+        lambda: peft.LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"),
+        False,
+        "layer.0",
+        "pooler.dense",
     ),
     "ia3-causal-lm": (
         "llama",
         lambda: peft.IA3Config(
             target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"], task_type="CAUSAL_LM"
         ),
-        True, "layers.0", r"layers\.3\.self_attn\.o_proj",
+        True,
+        "layers.0",
+        r"layers\.3\.self_attn\.o_proj",
     ),
     "loha-causal-lm": (
-        "llama", lambda: peft.LoHaConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
-        True, "layers.0", "lm_head",
+        "llama",
+        lambda: peft.LoHaConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        True,
+        "layers.0",
+        "lm_head",
     ),
 }
 

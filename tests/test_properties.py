@@ -52,8 +52,29 @@ def bounded(examples: int) -> settings:
 
 # --------------------------------------------------------------------------- generated models
 HIDDEN = 4
-SEGMENTS = ["layer", "layers", "block", "h", "mlp", "attn", "proj", "dense", "norm", "out", "x",
-            "layer_1", "layer1", "l0_", "a_b", "1x", "10", "11", "1", "2", "0"]
+SEGMENTS = [
+    "layer",
+    "layers",
+    "block",
+    "h",
+    "mlp",
+    "attn",
+    "proj",
+    "dense",
+    "norm",
+    "out",
+    "x",
+    "layer_1",
+    "layer1",
+    "l0_",
+    "a_b",
+    "1x",
+    "10",
+    "11",
+    "1",
+    "2",
+    "0",
+]
 
 
 class GenConfig(tf.PretrainedConfig):
@@ -388,9 +409,7 @@ def test_train_head_never_unfreezes_what_arrived_frozen(case):
         assume(False)
     names = all_names(model)
     for canonical in arrived_frozen:
-        rescued = any(
-            segment_regex(p).search(n) for p in options["unfreeze"] for n in names[canonical]
-        )
+        rescued = any(segment_regex(p).search(n) for p in options["unfreeze"] for n in names[canonical])
         if not rescued:
             assert not plan.decision(canonical).trainable, canonical
 
@@ -425,8 +444,17 @@ def test_layer_n_never_matches_a_layer_nx_segment(prefix, suffix, rest, digit):
 
 # --------------------------------------------------------------------------- freeze_layers
 def stack_model(n_layers: int) -> GenModel:
-    tree = Tree(n_layers=n_layers, stack_path=["layer"], block=[("dense", "linear")], others=[],
-                second_stack=None, share=False, embeddings=False, tie=False, head_name="classifier")
+    tree = Tree(
+        n_layers=n_layers,
+        stack_path=["layer"],
+        block=[("dense", "linear")],
+        others=[],
+        second_stack=None,
+        share=False,
+        embeddings=False,
+        tie=False,
+        head_name="classifier",
+    )
     return build_model(tree)
 
 

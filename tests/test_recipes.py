@@ -40,9 +40,16 @@ def make_tiny_text_model(directory: str) -> str:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     BertForSequenceClassification(config).save_pretrained(directory)
     AutoTokenizer.from_pretrained(recipe_models.default_minilm_path()).save_pretrained(directory)
     return directory
@@ -124,10 +131,14 @@ def test_review_corpus_is_generated_and_deterministic(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- parser
 def test_yaml_gives_defaults_and_flags_override(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"learning_rate": 3.0e-4, "freeze_layers": ":2", "max_length": 40,
-                                      "output_dir": str(tmp_path / "out")}))
-    model_args, data_args, args = recipe_args.parse_recipe_args({"learning_rate": 1e-5, "freeze_embeddings": True},
-                                                       ["--config", str(config), "--freeze_layers=-1:"])
+    config.write_text(
+        yaml.safe_dump(
+            {"learning_rate": 3.0e-4, "freeze_layers": ":2", "max_length": 40, "output_dir": str(tmp_path / "out")}
+        )
+    )
+    model_args, data_args, args = recipe_args.parse_recipe_args(
+        {"learning_rate": 1e-5, "freeze_embeddings": True}, ["--config", str(config), "--freeze_layers=-1:"]
+    )
     assert args.learning_rate == 3e-4  # YAML beats the recipe default
     assert args.freeze_layers == "-1:"  # the flag beats YAML
     assert args.freeze_embeddings is True and data_args.max_length == 40 and model_args.model_name_or_path is None
@@ -215,8 +226,17 @@ def test_text_classification_default_from_flags(tmp_path):
     """The offline default (pretrained MiniLM, generated data): frozen weights are the pretrained ones."""
     out = str(tmp_path / "out")
     metrics = load_recipe("text_classification").main(
-        ["--output_dir", out, "--max_train_samples", "64", "--max_eval_samples", "32",
-         "--per_device_train_batch_size", "16", *QUICK]
+        [
+            "--output_dir",
+            out,
+            "--max_train_samples",
+            "64",
+            "--max_eval_samples",
+            "32",
+            "--per_device_train_batch_size",
+            "16",
+            *QUICK,
+        ]
     )
     plan = assert_run_outputs(out)
     assert "eval_accuracy" in metrics
@@ -229,8 +249,13 @@ def test_text_classification_default_from_flags(tmp_path):
     assert any("embeddings" in n for n in frozen) and any("layer.3." in n for n in frozen)
     for name in frozen:
         assert torch.equal(trained[name], pretrained[name.removeprefix("bert.")]), name
-    changed = [p.name for p in plan.params if p.trainable and p.name.removeprefix("bert.") in pretrained
-               and not torch.equal(trained[p.name], pretrained[p.name.removeprefix("bert.")])]
+    changed = [
+        p.name
+        for p in plan.params
+        if p.trainable
+        and p.name.removeprefix("bert.") in pretrained
+        and not torch.equal(trained[p.name], pretrained[p.name.removeprefix("bert.")])
+    ]
     assert any("layer.5." in n for n in changed)
 
 
@@ -243,14 +268,27 @@ def test_text_classification_from_yaml_with_local_csv(tmp_path, tiny_text_model,
     step_timer = StepPerfCallback(str(tmp_path / "perf.json"))  # the GPU check's step timer
     out = str(tmp_path / "out")
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_name_or_path": tiny_text_model, "train_file": train, "validation_file": dev,
-        "text_column": "review", "label_column": "sentiment", "output_dir": out, "max_steps": 50,
-        "freeze_embeddings": True, "freeze_layers": ":2", "per_device_train_batch_size": 8,
-        "save_strategy": "no", "report_to": "none",
-    }))
-    load_recipe("text_classification").main(["--config", str(config), "--max_steps", "2", "--disable_tqdm", "true"],
-                                            callbacks=[step_timer])
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": tiny_text_model,
+                "train_file": train,
+                "validation_file": dev,
+                "text_column": "review",
+                "label_column": "sentiment",
+                "output_dir": out,
+                "max_steps": 50,
+                "freeze_embeddings": True,
+                "freeze_layers": ":2",
+                "per_device_train_batch_size": 8,
+                "save_strategy": "no",
+                "report_to": "none",
+            }
+        )
+    )
+    load_recipe("text_classification").main(
+        ["--config", str(config), "--max_steps", "2", "--disable_tqdm", "true"], callbacks=[step_timer]
+    )
     summary = capsys.readouterr().out.split("== hf-freeze text_classification: done ==")[-1]
     assert "trainable:" in summary and "eval_accuracy:" in summary and os.path.abspath(out) in summary
     plan = assert_run_outputs(out)
@@ -310,21 +348,42 @@ def _bad_input_cases(tiny_model: str, csv_files: tuple[str, str], tmp_path) -> d
     return {
         "missing data file": (
             [*local, "--train_file", str(tmp_path / "nope.csv"), "--overwrite_output_dir"],
-            r"`train_file`=.*no such file"),
+            r"`train_file`=.*no such file",
+        ),
         "label column": (
-            ["--model_name_or_path", tiny_model, "--train_file", train, "--text_column", "review",
-             "--label_column", "stars", "--overwrite_output_dir"],
-            r"`label_column`='stars' is not a column.*sentiment"),
+            [
+                "--model_name_or_path",
+                tiny_model,
+                "--train_file",
+                train,
+                "--text_column",
+                "review",
+                "--label_column",
+                "stars",
+                "--overwrite_output_dir",
+            ],
+            r"`label_column`='stars' is not a column.*sentiment",
+        ),
         "unknown yaml key": (
-            ["--config", str(bad_yaml), "--overwrite_output_dir"], r"Unknown key.*num_epochs.*num_train_epochs"),
+            ["--config", str(bad_yaml), "--overwrite_output_dir"],
+            r"Unknown key.*num_epochs.*num_train_epochs",
+        ),
         "model path": (
-            [*local, "--train_file", train, "--model_name_or_path", str(tmp_path / "no_model"),
-             "--overwrite_output_dir"],
-            r"`model_name_or_path`=.*no_model.*not a model folder"),
+            [
+                *local,
+                "--train_file",
+                train,
+                "--model_name_or_path",
+                str(tmp_path / "no_model"),
+                "--overwrite_output_dir",
+            ],
+            r"`model_name_or_path`=.*no_model.*not a model folder",
+        ),
         "previous run": ([*local, "--train_file", train], r"`output_dir`=.*previous run.*--overwrite_output_dir"),
         "hub dataset offline": (
             [*local, "--dataset_name", "someone/no_such_dataset", "--overwrite_output_dir"],
-            r"`dataset_name`='someone/no_such_dataset'.*could not be loaded"),
+            r"`dataset_name`='someone/no_such_dataset'.*could not be loaded",
+        ),
     }
 
 

@@ -41,8 +41,17 @@ def free_port() -> int:
 
 def accelerate_launch(launch_args: list[str], recipe_args: list[str], checksums: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, RUN_RECIPE, "--checksums", checksums,
-               os.path.join(ROOT, "recipes", "text_classification.py"), *recipe_args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *launch_args,
+        RUN_RECIPE,
+        "--checksums",
+        checksums,
+        os.path.join(ROOT, "recipes", "text_classification.py"),
+        *recipe_args,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
 
 
@@ -84,11 +93,22 @@ def assert_identical_replicas(records: list[dict], plan: FreezePlan) -> None:
 
 def test_cpu_ddp_two_processes_match_single_process(tmp_path, tiny_text_model):
     """cpu_ddp.yaml, 2 x batch 4 vs 1 x batch 8: same replicas, frozen untouched, same logged loss."""
-    common = ["--model_name_or_path", tiny_text_model, "--freeze_embeddings", "--freeze_layers", ":2",
-              *SLICE, *QUICK[2:]]
+    common = [
+        "--model_name_or_path",
+        tiny_text_model,
+        "--freeze_embeddings",
+        "--freeze_layers",
+        ":2",
+        *SLICE,
+        *QUICK[2:],
+    ]
     launch = accelerate_launch(
-        ["--config_file", os.path.join(ROOT, "accelerate_configs", "cpu_ddp.yaml"), "--main_process_port",
-         str(free_port())],
+        [
+            "--config_file",
+            os.path.join(ROOT, "accelerate_configs", "cpu_ddp.yaml"),
+            "--main_process_port",
+            str(free_port()),
+        ],
         [*common, "--use_cpu", "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "ddp")],
         str(tmp_path / "ddp_sums"),
     )
@@ -118,15 +138,41 @@ def test_multi_node_on_loopback_trains_identical_replicas(tmp_path, tiny_text_mo
     sums = str(tmp_path / "sums")
     launches = []
     for rank in (0, 1):
-        launches.append(accelerate_launch(
-            ["--config_file", os.path.join(ROOT, "accelerate_configs", "multi_node.yaml"), "--num_machines", "2",
-             "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-             "--main_process_port", port, "--mixed_precision", "no"],
-            ["--model_name_or_path", tiny_text_model, "--freeze_embeddings", "--freeze_layers", ":2", *SLICE,
-             *QUICK[2:], "--use_cpu", "--per_device_train_batch_size", "4",
-             "--output_dir", str(tmp_path / f"out{rank}")],
-            sums,
-        ))
+        launches.append(
+            accelerate_launch(
+                [
+                    "--config_file",
+                    os.path.join(ROOT, "accelerate_configs", "multi_node.yaml"),
+                    "--num_machines",
+                    "2",
+                    "--num_processes",
+                    "2",
+                    "--machine_rank",
+                    str(rank),
+                    "--main_process_ip",
+                    "127.0.0.1",
+                    "--main_process_port",
+                    port,
+                    "--mixed_precision",
+                    "no",
+                ],
+                [
+                    "--model_name_or_path",
+                    tiny_text_model,
+                    "--freeze_embeddings",
+                    "--freeze_layers",
+                    ":2",
+                    *SLICE,
+                    *QUICK[2:],
+                    "--use_cpu",
+                    "--per_device_train_batch_size",
+                    "4",
+                    "--output_dir",
+                    str(tmp_path / f"out{rank}"),
+                ],
+                sums,
+            )
+        )
     try:
         outputs = [wait_ok(process, f"machine rank {rank}") for rank, process in enumerate(launches)]
     finally:

@@ -34,8 +34,15 @@ gc.freeze()
 
 STEPS = 4
 COMMON = dict(
-    per_device_train_batch_size=4, learning_rate=1e-2, weight_decay=0.1, report_to="none", use_cpu=True,
-    logging_steps=1, disable_tqdm=True, save_strategy="no", dataloader_num_workers=0,
+    per_device_train_batch_size=4,
+    learning_rate=1e-2,
+    weight_decay=0.1,
+    report_to="none",
+    use_cpu=True,
+    logging_steps=1,
+    disable_tqdm=True,
+    save_strategy="no",
+    dataloader_num_workers=0,
 )
 
 
@@ -152,7 +159,8 @@ def test_frozen_stay_bitwise_trained_change_and_optimizer_holds_only_trainable(t
 def test_same_losses_as_trainer_on_a_model_frozen_by_hand(tmp_path):
     model = build("bert")
     trainer = FreezingTrainer(
-        model=model, args=args_for(tmp_path, name="ours", freeze=[r"layer\.[01]", "embeddings"]),
+        model=model,
+        args=args_for(tmp_path, name="ours", freeze=[r"layer\.[01]", "embeddings"]),
         train_dataset=TokenData(),
     )
     trainer.train()
@@ -169,7 +177,8 @@ def test_same_losses_as_trainer_on_a_model_frozen_by_hand(tmp_path):
     for name, param in by_hand.named_parameters():
         param.requires_grad_(name in set(trainer.freeze_plan.trainable_names))
     plain = FreezingTrainer(
-        model=by_hand, args=args_for(tmp_path, name="plain", save_strategy="steps", save_steps=STEPS),
+        model=by_hand,
+        args=args_for(tmp_path, name="plain", save_strategy="steps", save_steps=STEPS),
         train_dataset=TokenData(),
     )
     plain.train()
@@ -367,8 +376,13 @@ def test_checkpointing_matches_the_run_without_it(tmp_path):
     for checkpointing in (False, True):
         model = build("bert")
         args = args_for(
-            tmp_path, name=f"gc{checkpointing}", freeze_layers=":2", freeze_embeddings=True, max_steps=2,
-            **checkpointing_options(checkpointing, reentrant=True), remove_unused_columns=False,
+            tmp_path,
+            name=f"gc{checkpointing}",
+            freeze_layers=":2",
+            freeze_embeddings=True,
+            max_steps=2,
+            **checkpointing_options(checkpointing, reentrant=True),
+            remove_unused_columns=False,
         )
         FreezingTrainer(model=model, args=args, train_dataset=EmbedsData()).train()
         finals.append(snapshot(model))
@@ -453,10 +467,16 @@ def test_resume_with_another_layer_lr_decay_or_no_option_errors_before_any_step(
 RESUME_MISMATCHES = [
     (dict(layer_lr_decay=0.8), dict(layer_lr_decay=0.9), r"layer_lr_decay: saved 0\.8, now 0\.9"),
     (dict(unfreeze_strategy="steps"), dict(unfreeze_strategy="epoch"), "unfreeze_strategy: saved 'steps', now 'epoch'"),
-    (dict(unfreeze_strategy="steps", unfreeze_steps=2), dict(unfreeze_strategy="steps", unfreeze_steps=3),
-     "unfreeze_steps: saved 2, now 3"),
-    (dict(unfreeze_strategy="steps"), dict(unfreeze_strategy="steps", unfreeze_layers_per_event=2),
-     "unfreeze_layers_per_event: saved 1, now 2"),
+    (
+        dict(unfreeze_strategy="steps", unfreeze_steps=2),
+        dict(unfreeze_strategy="steps", unfreeze_steps=3),
+        "unfreeze_steps: saved 2, now 3",
+    ),
+    (
+        dict(unfreeze_strategy="steps"),
+        dict(unfreeze_strategy="steps", unfreeze_layers_per_event=2),
+        "unfreeze_layers_per_event: saved 1, now 2",
+    ),
     (dict(layer_stack="encoder.layer"), {}, "layer_stack: saved 'encoder.layer', now None"),
     (dict(freeze_norm_stats=False), {}, "freeze_norm_stats: saved False, now True"),
 ]
@@ -469,8 +489,9 @@ def _checkpoint_with_plan(tmp_path, **options):
     return str(tmp_path / "checkpoint-3")
 
 
-@pytest.mark.parametrize("saved,current,message", RESUME_MISMATCHES,
-                         ids=[m[2].split(":")[0] for m in RESUME_MISMATCHES])
+@pytest.mark.parametrize(
+    "saved,current,message", RESUME_MISMATCHES, ids=[m[2].split(":")[0] for m in RESUME_MISMATCHES]
+)
 def test_every_option_that_shapes_training_is_compared_on_resume(tmp_path, saved, current, message):
     # each pair resolves to the same trainable set, so before only the plan hash was compared and these passed
     base = dict(freeze_layers=":2", freeze_embeddings=True)
@@ -493,8 +514,9 @@ def test_resume_checks_between_plain_and_planned_runs(tmp_path, caplog):
     decayed = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="decay", layer_lr_decay=0.9))
     with pytest.raises(PlanMismatchError, match=r"no freeze_plan.json.*'layer_lr_decay': 0\.9"):
         decayed._check_checkpoint_plan(str(tmp_path / "plain-checkpoint"))
-    lenient = FreezingTrainer(model=build("bert"), args=args_for(tmp_path, name="lenient", freeze_layers=":2",
-                                                                  freeze_strict=False))
+    lenient = FreezingTrainer(
+        model=build("bert"), args=args_for(tmp_path, name="lenient", freeze_layers=":2", freeze_strict=False)
+    )
     lenient._check_checkpoint_plan(checkpoint)  # freeze_strict changes nothing that trains
 
 
@@ -599,7 +621,8 @@ def test_find_unused_parameters_from_the_plan(tmp_path):
     # the choice reaches Accelerate's DDP kwargs when the model is wrapped for training (both versions);
     # tests/test_trainer_distributed.py checks the DDP module itself
     trainer = FreezingTrainer(
-        model=build("bert"), args=args_for(tmp_path, freeze=["pooler"], freeze_layers=1, max_steps=1),
+        model=build("bert"),
+        args=args_for(tmp_path, freeze=["pooler"], freeze_layers=1, max_steps=1),
         train_dataset=TokenData(),
     )
     trainer.train()
@@ -614,8 +637,15 @@ def test_find_unused_parameters_from_the_plan(tmp_path):
 # ---------------------------------------------------------------- gradual unfreezing
 
 UNFREEZE = dict(
-    freeze_embeddings=True, freeze_layers="all", unfreeze_strategy="steps", unfreeze_steps=2, max_steps=6,
-    save_strategy="steps", save_steps=3, lr_scheduler_type="linear", layer_lr_decay=0.9,
+    freeze_embeddings=True,
+    freeze_layers="all",
+    unfreeze_strategy="steps",
+    unfreeze_steps=2,
+    max_steps=6,
+    save_strategy="steps",
+    save_steps=3,
+    lr_scheduler_type="linear",
+    layer_lr_decay=0.9,
 )
 
 
@@ -649,7 +679,8 @@ def test_gradual_unfreezing_steps_and_bitwise_resume(tmp_path):
     assert all(torch.equal(p, full[n]) for n, p in resumed_model.named_parameters())
 
     without = FreezingTrainer(
-        model=build("bert"), args=args_for(tmp_path, name="no", **{**UNFREEZE, "unfreeze_strategy": "no"}),
+        model=build("bert"),
+        args=args_for(tmp_path, name="no", **{**UNFREEZE, "unfreeze_strategy": "no"}),
         train_dataset=TokenData(),
     )
     with pytest.raises(PlanMismatchError, match="stage saved 1"):
@@ -672,17 +703,22 @@ def test_unfreezing_events_order():
     plan = FreezeSpec(freeze_layers=":2", freeze_embeddings=True, freeze=["final_layer_norm"], train_head=False)
     plan = plan.resolve(model)
     events = unfreeze_events(plan, layers_per_event=1)
+
     def blocks(event):
         return {n.split(".block.")[0] + ".block." + n.split(".block.")[1].split(".")[0] for n in event}
 
     # one block of one stack per layer, top-down by index, stacks in discovery order for equal indexes
     assert [blocks(e) for e in events[:4]] == [
-        {"encoder.block.1"}, {"decoder.block.1"}, {"encoder.block.0"}, {"decoder.block.0"}
+        {"encoder.block.1"},
+        {"decoder.block.1"},
+        {"encoder.block.0"},
+        {"decoder.block.0"},
     ]
     assert all("final_layer_norm" not in n for e in events for n in e)  # frozen by a pattern: stays frozen
     assert events[-1] == [n for n in plan.frozen_names if plan.decision(n).rule == "freeze_embeddings"]
     assert [blocks(e) for e in unfreeze_events(plan, layers_per_event=2)[:2]] == [
-        {"encoder.block.1", "decoder.block.1"}, {"encoder.block.0", "decoder.block.0"}
+        {"encoder.block.1", "decoder.block.1"},
+        {"encoder.block.0", "decoder.block.0"},
     ]
 
 

@@ -34,10 +34,27 @@ def launch(backend: str, tmp_path, timeout: int) -> list[dict]:
     """Run the worker on 2 processes; return what each rank reported. The workers' output is in any failure."""
     result = tmp_path / "result.json"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), WORKER, "--backend", backend, "--result", str(result),
-        "--output_dir", str(tmp_path / "out"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        WORKER,
+        "--backend",
+        backend,
+        "--result",
+        str(result),
+        "--output_dir",
+        str(tmp_path / "out"),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     try:

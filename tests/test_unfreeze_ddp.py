@@ -36,9 +36,26 @@ def run(tmp_path, name: str, *flags: str, reference: bool = False) -> list[dict]
     if reference:
         command = [sys.executable, WORKER, "--reference", "--result", str(result), *flags]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(free_port()), WORKER, "--result", str(result), *flags]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            WORKER,
+            "--result",
+            str(result),
+            *flags,
+        ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0 and result.exists(), f"rc={done.returncode}; stderr tail:\n{done.stderr[-5000:]}"
@@ -64,5 +81,10 @@ def test_unfreezing_under_ddp_keeps_replicas_identical(tmp_path, clip):
     (reference,) = run(tmp_path, "one", "--clip", clip, reference=True)
     assert reference["world_size"] == 1 and reference["stage"] == 3
     for name, values in reference["params"].items():
-        torch.testing.assert_close(torch.tensor(ranks[0]["params"][name]), torch.tensor(values),
-                                   rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            torch.tensor(ranks[0]["params"][name]),
+            torch.tensor(values),
+            rtol=1e-4,
+            atol=1e-5,
+            msg=lambda m, n=name: f"{n}: {m}",
+        )

@@ -33,21 +33,15 @@ BUILDERS = {
     "electra": lambda: tf.ElectraForSequenceClassification(
         tf.ElectraConfig(num_hidden_layers=4, embedding_size=8, **TEXT)
     ),
-    "gpt2": lambda: tf.GPT2LMHeadModel(
-        tf.GPT2Config(vocab_size=99, n_embd=16, n_layer=4, n_head=2, n_positions=64)
-    ),
+    "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=99, n_embd=16, n_layer=4, n_head=2, n_positions=64)),
     "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(num_hidden_layers=4, num_key_value_heads=1, **TEXT)),
-    "mistral": lambda: tf.MistralForCausalLM(
-        tf.MistralConfig(num_hidden_layers=4, num_key_value_heads=1, **TEXT)
-    ),
+    "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(num_hidden_layers=4, num_key_value_heads=1, **TEXT)),
     "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(num_hidden_layers=4, num_key_value_heads=1, **TEXT)),
     "mixtral": lambda: tf.MixtralForCausalLM(
         tf.MixtralConfig(num_hidden_layers=4, num_key_value_heads=1, num_local_experts=2, **TEXT)
     ),
     "t5": lambda: tf.T5ForConditionalGeneration(
-        tf.T5Config(
-            vocab_size=99, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2, num_heads=2
-        )
+        tf.T5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2, num_heads=2)
     ),
     "bart": lambda: tf.BartForConditionalGeneration(
         tf.BartConfig(
@@ -85,9 +79,7 @@ BUILDERS = {
         )
     ),
     "convnext": lambda: tf.ConvNextForImageClassification(
-        tf.ConvNextConfig(
-            num_channels=3, num_stages=3, hidden_sizes=[8, 16, 16], depths=[1, 1, 2], num_labels=3
-        )
+        tf.ConvNextConfig(num_channels=3, num_stages=3, hidden_sizes=[8, 16, 16], depths=[1, 1, 2], num_labels=3)
     ),
     "resnet": lambda: tf.ResNetForImageClassification(
         tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16], depths=[1, 1, 1], num_labels=3)

@@ -95,9 +95,7 @@ def run_in_subprocess(
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
-    raise RuntimeError(
-        f"benchmark worker for {case_id!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    )
+    raise RuntimeError(f"benchmark worker for {case_id!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 
 
 def worker_main(case_id: str, settings: BenchSettings) -> None:

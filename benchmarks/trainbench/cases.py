@@ -51,10 +51,16 @@ KIND_LABELS = {
 }
 # Case ids in the order they run in each round; the reference of a depth is "<depth>/trainer".
 CASE_IDS = (
-    "full/trainer", "full/freezing", "full/lora",
-    "embeddings/trainer", "embeddings/freezing",
-    "top2/trainer", "top2/freezing",
-    "head/trainer", "head/freezing", "head/forward",
+    "full/trainer",
+    "full/freezing",
+    "full/lora",
+    "embeddings/trainer",
+    "embeddings/freezing",
+    "top2/trainer",
+    "top2/freezing",
+    "head/trainer",
+    "head/freezing",
+    "head/forward",
 )
 
 

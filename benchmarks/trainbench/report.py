@@ -53,43 +53,60 @@ def check_targets(cases: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if "ratio_to_reference" in ours:
             ratio = ours["ratio_to_reference"]
-            targets.append({
-                "target": "step time within 2% of hand-frozen Trainer", "depth": depth.name,
-                "holds": ratio <= 1 + STEP_TOLERANCE,
-                "detail": f"median paired ratio {ratio:.3f} (quartiles {ours['ratio_quartiles'][0]:.3f}"
-                          f"-{ours['ratio_quartiles'][1]:.3f})",
-            })
+            targets.append(
+                {
+                    "target": "step time within 2% of hand-frozen Trainer",
+                    "depth": depth.name,
+                    "holds": ratio <= 1 + STEP_TOLERANCE,
+                    "detail": f"median paired ratio {ratio:.3f} (quartiles {ours['ratio_quartiles'][0]:.3f}"
+                    f"-{ours['ratio_quartiles'][1]:.3f})",
+                }
+            )
         if "losses" in ours and "losses" in ref:
             same = ours["losses"] == ref["losses"]
-            targets.append({
-                "target": "identical losses", "depth": depth.name, "holds": same,
-                "detail": f"{len(ours['losses'])} steps, bitwise equal" if same else
-                          f"first losses {ours['losses'][:3]} vs {ref['losses'][:3]}",
-            })
+            targets.append(
+                {
+                    "target": "identical losses",
+                    "depth": depth.name,
+                    "holds": same,
+                    "detail": f"{len(ours['losses'])} steps, bitwise equal"
+                    if same
+                    else f"first losses {ours['losses'][:3]} vs {ref['losses'][:3]}",
+                }
+            )
         if "peak_rss_bytes" in ours and "peak_rss_bytes" in ref:
             delta = (ours["peak_rss_bytes"] - ref["peak_rss_bytes"]) / MIB
-            targets.append({
-                "target": "peak memory at or below hand-frozen Trainer", "depth": depth.name,
-                "holds": delta <= MEMORY_RESOLUTION_MIB,
-                "detail": f"{ours['peak_rss_bytes'] / MIB:.1f} MiB vs {ref['peak_rss_bytes'] / MIB:.1f} MiB "
-                          f"({delta:+.1f} MiB; resolution {MEMORY_RESOLUTION_MIB:g} MiB)",
-            })
+            targets.append(
+                {
+                    "target": "peak memory at or below hand-frozen Trainer",
+                    "depth": depth.name,
+                    "holds": delta <= MEMORY_RESOLUTION_MIB,
+                    "detail": f"{ours['peak_rss_bytes'] / MIB:.1f} MiB vs {ref['peak_rss_bytes'] / MIB:.1f} MiB "
+                    f"({delta:+.1f} MiB; resolution {MEMORY_RESOLUTION_MIB:g} MiB)",
+                }
+            )
     for case_id, row in cases.items():
         trainable = row.get("trainable_params")
         if not trainable or "optimizer_state_bytes" not in row or case_id.endswith("/forward"):
             continue
         state = row["optimizer_state_bytes"]
-        targets.append({
-            "target": "optimizer state = 8 B per trainable parameter", "depth": case_id,
-            "holds": state["per_parameter"] == ADAM_BYTES_PER_PARAM * trainable,
-            "detail": f"{state['per_parameter']:,} B in moment buffers for {trainable:,} params "
-                      f"(+{state['other']:,} B of per-tensor step counters)",
-        })
-        targets.append({
-            "target": "gradients = 4 B per trainable parameter", "depth": case_id,
-            "holds": row["grad_bytes"] == GRAD_BYTES_PER_PARAM * trainable,
-            "detail": f"{row['grad_bytes']:,} B for {trainable:,} params",
-        })
+        targets.append(
+            {
+                "target": "optimizer state = 8 B per trainable parameter",
+                "depth": case_id,
+                "holds": state["per_parameter"] == ADAM_BYTES_PER_PARAM * trainable,
+                "detail": f"{state['per_parameter']:,} B in moment buffers for {trainable:,} params "
+                f"(+{state['other']:,} B of per-tensor step counters)",
+            }
+        )
+        targets.append(
+            {
+                "target": "gradients = 4 B per trainable parameter",
+                "depth": case_id,
+                "holds": row["grad_bytes"] == GRAD_BYTES_PER_PARAM * trainable,
+                "detail": f"{row['grad_bytes']:,} B for {trainable:,} params",
+            }
+        )
     return targets
 
 
@@ -154,14 +171,21 @@ def draw_chart(cases: dict[str, dict[str, Any]], path: str, title: str) -> None:
             if "median_step_s" in row:
                 time_axis.bar(x, row["median_step_s"], width, color=colors[kind], label=label)
                 if kind == "freezing" and "ratio_to_reference" in row:
-                    time_axis.annotate(f"{row['ratio_to_reference']:.2f}x", (x, row["median_step_s"]),
-                                       ha="center", va="bottom", fontsize=7)
+                    time_axis.annotate(
+                        f"{row['ratio_to_reference']:.2f}x",
+                        (x, row["median_step_s"]),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                    )
             if "peak_rss_bytes" in row:
                 peak, before = row["peak_rss_bytes"] / MIB, row.get("rss_before_bytes", 0) / MIB
                 memory_axis.bar(x, before, width, color=colors[kind], alpha=0.35)
                 memory_axis.bar(x, peak - before, width, bottom=before, color=colors[kind])
-    for axis, ylabel in ((time_axis, "median step time (s)"),
-                         (memory_axis, "peak resident memory (MiB)\npale: held before the first step")):
+    for axis, ylabel in (
+        (time_axis, "median step time (s)"),
+        (memory_axis, "peak resident memory (MiB)\npale: held before the first step"),
+    ):
         axis.set_xticks(range(len(DEPTHS)), [d.label for d in DEPTHS], fontsize=8)
         axis.set_ylabel(ylabel, fontsize=9)
         axis.grid(axis="y", alpha=0.3)

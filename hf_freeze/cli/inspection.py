@@ -94,9 +94,7 @@ def load_model_config(model: str) -> PretrainedConfig:
     offline = not local and _offline()
     try:
         # trust_remote_code=False: never run a model's own code, and never prompt for it.
-        return AutoConfig.from_pretrained(
-            path if local else model, local_files_only=offline, trust_remote_code=False
-        )
+        return AutoConfig.from_pretrained(path if local else model, local_files_only=offline, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
         if offline:
             raise ModelLoadError(
@@ -161,9 +159,7 @@ def build_meta_model(
     config = load_model_config(model) if isinstance(model, str) else model
     if num_labels is not None:
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-            raise InvalidOptionError(
-                f"`num_labels`={num_labels!r} is not valid: use a whole number >= 1, e.g. 3."
-            )
+            raise InvalidOptionError(f"`num_labels`={num_labels!r} is not valid: use a whole number >= 1, e.g. 3.")
         config = copy.deepcopy(config)  # the caller's config stays as it was
         config.num_labels = num_labels
     task = normalize_task(task) if task else infer_task(config)

@@ -27,12 +27,12 @@ def make_rebuild_parser() -> argparse.ArgumentParser:
         "damaged or was trained from another base model.",
     )
     parser.add_argument("base", metavar="BASE", help="the model folder (or Hub id) the run started from")
-    parser.add_argument(
-        "checkpoint", metavar="CHECKPOINT", help="a checkpoint-N folder saved with save_only_trainable"
-    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint-N folder saved with save_only_trainable")
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="where to write the full model")
     parser.add_argument(
-        "--dtype", default="float32", metavar="DTYPE",
+        "--dtype",
+        default="float32",
+        metavar="DTYPE",
         help="the dtype the run trained in, e.g. bfloat16 (default float32, as Trainer loads without one)",
     )
     return parser

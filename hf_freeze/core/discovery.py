@@ -245,7 +245,9 @@ def find_layer_stacks(
     _, pretrained, base_path = roots or model_roots(model, index.modules)
     counts = _config_layer_counts(getattr(pretrained, "config", None))
     candidates = _candidate_stacks(index.modules, base_path) or _candidate_stacks(
-        index.modules, base_path, STACK_CONTAINERS  # no ModuleList: a Sequential of blocks (timm style)
+        index.modules,
+        base_path,
+        STACK_CONTAINERS,  # no ModuleList: a Sequential of blocks (timm style)
     )
     if not candidates:
         return []

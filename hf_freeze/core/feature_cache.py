@@ -110,8 +110,13 @@ class FeatureCache:
     def stats(self) -> CacheStats:
         counts = self._counts
         return CacheStats(
-            counts.hits, counts.misses, counts.prefix_runs, counts.prefix_skips,
-            len(self.store), self.store.memory_bytes, self.store.disk_bytes,
+            counts.hits,
+            counts.misses,
+            counts.prefix_runs,
+            counts.prefix_skips,
+            len(self.store),
+            self.store.memory_bytes,
+            self.store.disk_bytes,
         )
 
     def clear(self) -> None:
@@ -145,7 +150,8 @@ class FeatureCache:
         if "use_cache" in self._signature.parameters and "use_cache" not in bound:
             kwargs = {**kwargs, "use_cache": False}  # a key/value cache would miss the skipped layers
         tensors = {
-            name: value for name, value in bound.items()
+            name: value
+            for name, value in bound.items()
             if isinstance(value, torch.Tensor) and value.dim() > 0 and name not in SUFFIX_ONLY
         }
         if not tensors:

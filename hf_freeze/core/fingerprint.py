@@ -178,4 +178,3 @@ def fingerprint_tensors(
         digest = hashlib.sha256(data.numpy()).hexdigest()
         prints.append(TensorPrint(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), digest))
     return Fingerprint(tuple(prints), samples, edge_bytes)
-

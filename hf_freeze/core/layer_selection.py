@@ -113,9 +113,7 @@ def _read(text: str) -> tuple[tuple[str, tuple[int | None, ...]], ...]:
             continue
         sliced = _SLICE.match(chunk)
         if not sliced:
-            raise LayerRangeError(
-                f"`freeze_layers`={text!r}: cannot read {chunk.strip()!r}. Use {_VALID}."
-            )
+            raise LayerRangeError(f"`freeze_layers`={text!r}: cannot read {chunk.strip()!r}. Use {_VALID}.")
         start, stop, step = (int(g) if g is not None else None for g in sliced.groups())
         if step == 0:
             raise LayerRangeError(f"`freeze_layers`={text!r}: a slice step cannot be zero.")

@@ -42,9 +42,7 @@ def freeze_norm_statistics(model: nn.Module, names: Iterable[str], modules: dict
             module.training = model.training
 
 
-def frozen_norms(
-    norms: Iterable[str], names: Mapping[str, str], trainable: Mapping[str, bool]
-) -> list[str]:
+def frozen_norms(norms: Iterable[str], names: Mapping[str, str], trainable: Mapping[str, bool]) -> list[str]:
     """The norm modules (of ``norms``, module paths) whose statistics stay fixed: those whose
     parameters are all frozen. The one ownership rule: a norm's parameters are its own, or, for a
     norm without parameters of its own (``affine=False``), every parameter of its parent module.

@@ -118,9 +118,7 @@ class FreezePlan:
                     details.append(f"{len(names)} parameter(s) {label} (e.g. {names[:3]})")
             if reshaped:
                 n = reshaped[0]
-                details.append(
-                    f"{len(reshaped)} with another shape (e.g. {n}: plan {planned[n]}, model {actual[n]})"
-                )
+                details.append(f"{len(reshaped)} with another shape (e.g. {n}: plan {planned[n]}, model {actual[n]})")
             raise PlanMismatchError(
                 f"The freeze plan (made for {self.model_class}) does not fit {type(model).__name__}: "
                 + "; ".join(details)
@@ -151,9 +149,7 @@ class FreezePlan:
         """A copy of the plan where ``names`` train, decided by ``rule`` (gradual unfreezing by default)."""
         wanted = set(names)
         decided = AppliedRule.of(rule)
-        params = [
-            replace(p, trainable=True, rule=decided) if p.name in wanted else replace(p) for p in self.params
-        ]
+        params = [replace(p, trainable=True, rule=decided) if p.name in wanted else replace(p) for p in self.params]
         plan = replace(self, params=params, stage=self.stage + 1)
         if self.frozen_norms:
             index = ModelIndex({}, {p.name: p for p in params}, {p.name: p.aliases for p in params if p.aliases})
@@ -167,8 +163,15 @@ class FreezePlan:
         for p in self.params:
             row = rows.get(p.group) or rows.setdefault(
                 p.group,
-                {"group": p.group, "stack": p.stack, "layer": p.layer, "trainable": 0, "frozen": 0, "tensors": 0,
-                 "rules": {}},
+                {
+                    "group": p.group,
+                    "stack": p.stack,
+                    "layer": p.layer,
+                    "trainable": 0,
+                    "frozen": 0,
+                    "tensors": 0,
+                    "rules": {},
+                },
             )
             row["trainable" if p.trainable else "frozen"] += p.numel
             row["tensors"] += 1
@@ -195,9 +198,7 @@ class FreezePlan:
         rows = [("group", "trainable", "frozen", "tensors", "decided by")]
         for row in self.groups():
             rules = ", ".join(f"{rule} ({count})" for rule, count in row["rules"].items())
-            rows.append(
-                (row["group"], f"{row['trainable']:,}", f"{row['frozen']:,}", str(row["tensors"]), rules)
-            )
+            rows.append((row["group"], f"{row['trainable']:,}", f"{row['frozen']:,}", str(row["tensors"]), rules))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = []
         for i, row in enumerate(rows):
@@ -262,7 +263,6 @@ class FreezePlan:
         rows = ",\n".join(pad * 2 + json.dumps(p) for p in params)
         head = json.dumps(data, indent=indent)[: -len("\n}")]
         return f'{head},\n{pad}"params": [\n{rows}\n{pad}]\n}}'
-
 
     @classmethod
     def from_json(cls, text: str) -> FreezePlan:

@@ -105,9 +105,7 @@ def _frozen_layers(
         if stack.shared:
             per_block = stack.num_layers // stack.num_blocks
             blocks = {stack.block_of_layer(i) for i in layers}
-            partial = [
-                b for b in sorted(blocks) if not set(range(b * per_block, (b + 1) * per_block)) <= set(layers)
-            ]
+            partial = [b for b in sorted(blocks) if not set(range(b * per_block, (b + 1) * per_block)) <= set(layers)]
             if partial:
                 b = partial[0]
                 raise SharedLayersError(
@@ -213,9 +211,7 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
         else:
             stack = layer = None
             layer_frozen = False
-            group = (
-                GROUP_EMBEDDINGS if name in embedding_names else GROUP_HEAD if name in head_names else GROUP_OTHER
-            )
+            group = GROUP_EMBEDDINGS if name in embedding_names else GROUP_HEAD if name in head_names else GROUP_OTHER
         verdict = decided.get(name)
         if verdict is not None:
             trainable, rule = verdict
@@ -262,8 +258,6 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
         params=decisions,
         pattern_hits=hits,
         ties=[[name, *ties[name]] for name in params if name in ties] if ties else [],
-        stacks=[
-            {"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks
-        ],
+        stacks=[{"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks],
         frozen_norms=fixed,
     )

@@ -53,9 +53,7 @@ class FreezeSpec(_SpecFields):
                 compile_pattern(pattern, option)
         for option in (o.name for o in SPEC_OPTIONS if o.type is bool):
             if not isinstance(getattr(self, option), bool):
-                raise InvalidOptionError(
-                    f"`{option}`={getattr(self, option)!r} is not valid: use True or False."
-                )
+                raise InvalidOptionError(f"`{option}`={getattr(self, option)!r} is not valid: use True or False.")
         if isinstance(self.freeze_layers, str) and self.freeze_layers.strip().lower() in ("", "none"):
             self.freeze_layers = None
         self.layer_selection  # noqa: B018 - validates the syntax now, before any model is seen

@@ -78,4 +78,3 @@ def fingerprint_frozen(model: nn.Module, plan: FreezePlan) -> Fingerprint:
     every :func:`save_trainable_state` (the frozen weights do not change while training)."""
     state = model_state(model, plan.frozen_norms)
     return fingerprint_tensors((name, state.tensor(name)) for name in frozen_names(state, plan))
-

@@ -97,6 +97,5 @@ class FreezingTrainingArguments(_OptionFields, TrainingArguments):
         return self.freeze_spec.freezes_anything or self.layer_lr_decay != 1.0 or self.unfreeze_strategy != "no"
 
 
-
 # The Parameters section, TRL style, generated from the declarations.
 FreezingTrainingArguments.__doc__ = f"{FreezingTrainingArguments.__doc__}\n\n{options_docstring(OPTIONS)}"

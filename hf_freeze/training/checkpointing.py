@@ -147,4 +147,3 @@ class PartialCheckpointMixin:
         if best is None or not is_partial_checkpoint(best):
             return super()._load_best_model()
         self._load_partial(best, self.freeze_plan)
-

@@ -110,9 +110,7 @@ def param_groups(
     ]
 
 
-def is_standard_grouping(
-    optimizer: torch.optim.Optimizer, model: nn.Module, decay_names: Iterable[str]
-) -> bool:
+def is_standard_grouping(optimizer: torch.optim.Optimizer, model: nn.Module, decay_names: Iterable[str]) -> bool:
     """True when ``optimizer`` holds exactly ``Trainer``'s two groups (decay, then no decay), in order.
 
     GaLore, LOMO, layer-wise and factory optimizers group parameters their own way; those are left alone.

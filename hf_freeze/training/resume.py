@@ -82,8 +82,9 @@ def describe_plan_difference(saved: FreezePlan, current: FreezePlan) -> str:
         examples = ", ".join(f"{n} (saved {'trainable' if saved_flags[n] else 'frozen'})" for n in flipped[:3])
         parts.append(f"{len(flipped)} parameter(s) with another trainable flag, e.g. {examples}")
     if saved.frozen_norms != current.frozen_norms:
-        parts.append(f"norm layers with fixed statistics: saved {len(saved.frozen_norms)}, now "
-                     f"{len(current.frozen_norms)}")
+        parts.append(
+            f"norm layers with fixed statistics: saved {len(saved.frozen_norms)}, now {len(current.frozen_norms)}"
+        )
     if saved.stage != current.stage:
         parts.append(f"gradual-unfreezing stage saved {saved.stage}, possible now {current.stage}")
     if not parts:

@@ -54,8 +54,10 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
     def __init__(self, model: nn.Module | None = None, args: Any = None, *rest: Any, **kwargs: Any) -> None:
         self._plan: FreezePlan | None = None  # the stage-0 plan; the callback holds later stages
         strategy = getattr(args, "unfreeze_strategy", "no")
-        self._unfreezing = None if strategy == "no" else GradualUnfreezing(
-            strategy, args.unfreeze_steps, args.unfreeze_layers_per_event
+        self._unfreezing = (
+            None
+            if strategy == "no"
+            else GradualUnfreezing(strategy, args.unfreeze_steps, args.unfreeze_layers_per_event)
         )
         self._unsaved: list[str] = []
         self._plan_logged = True
@@ -185,11 +187,13 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
                 )
             return optimizer
         lr, weight_decay = optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]
-        optim.install(optimizer, optim.param_groups(
-            self.freeze_plan, opt_model.named_parameters(), decay_names, lr, weight_decay, decay
-        ))
+        optim.install(
+            optimizer,
+            optim.param_groups(self.freeze_plan, opt_model.named_parameters(), decay_names, lr, weight_decay, decay),
+        )
         self._base_lr, self._group_rates_logged = (lr if decay != 1.0 else None), False
         if self._unfreezing is not None:
+
             def event_groups(plan: FreezePlan, names: list[str]) -> list[dict[str, Any]]:
                 return optim.param_groups(
                     plan, opt_model.named_parameters(), decay_names, lr, weight_decay, decay, only=names, by_layer=True
@@ -206,8 +210,9 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
         group's), and the first training log also holds each group's rate (``learning_rate/<group>``)."""
         if self._base_lr is not None and "learning_rate" in logs and self.optimizer is not None:
             base_lrs = getattr(self.lr_scheduler, "base_lrs", None) or []
-            rate, per_group = optim.logged_rates(logs["learning_rate"], self._base_lr, self.optimizer.param_groups,
-                                                 base_lrs)
+            rate, per_group = optim.logged_rates(
+                logs["learning_rate"], self._base_lr, self.optimizer.param_groups, base_lrs
+            )
             logs["learning_rate"] = rate
             if not self._group_rates_logged:
                 self._group_rates_logged = True

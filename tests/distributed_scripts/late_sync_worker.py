@@ -97,8 +97,9 @@ def main() -> None:
         optimizer.zero_grad()
         trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         traffic.append({"ddp": ddp_bytes[0], "late": sync.bytes_sent - sent_before, "trainable": trainable_bytes})
-        per_step.append({str(i): digest(torch.cat([p.reshape(-1) for _, p in layer_params(model, i)]))
-                         for i in range(LAYERS)})
+        per_step.append(
+            {str(i): digest(torch.cat([p.reshape(-1) for _, p in layer_params(model, i)])) for i in range(LAYERS)}
+        )
         if step in EVENTS:  # at a step boundary, never inside an accumulation cycle
             named = layer_params(model, EVENTS[step])
             for _, param in named:

@@ -52,10 +52,12 @@ class LayerHashes(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         named = dict(model.named_parameters())
-        self.steps.append({
-            str(i): digest(torch.cat([p.reshape(-1) for n, p in named.items() if f"encoder.layer.{i}." in n]))
-            for i in range(LAYERS)
-        })
+        self.steps.append(
+            {
+                str(i): digest(torch.cat([p.reshape(-1) for n, p in named.items() if f"encoder.layer.{i}." in n]))
+                for i in range(LAYERS)
+            }
+        )
 
 
 class InOrderTrainer(FreezingTrainer):
@@ -94,9 +96,11 @@ def main() -> None:
     )
     torch.manual_seed(0)  # seeded before the build: identical weights on every rank
     # no dropout: one process and two ranks draw different masks, and the runs are compared number for number
-    model = BertForSequenceClassification(BertConfig(
-        num_hidden_layers=LAYERS, **{**TEXT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    ))
+    model = BertForSequenceClassification(
+        BertConfig(
+            num_hidden_layers=LAYERS, **{**TEXT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        )
+    )
     model.accepts_loss_kwargs = False  # BERT ignores num_items_in_batch: keep Trainer's loss scaling plain
     hashes = LayerHashes()
     trainer = InOrderTrainer(model=model, args=args, train_dataset=TokenData(), callbacks=[hashes])

@@ -95,9 +95,21 @@ def main() -> None:
     cli = parser.parse_args()
 
     args = FreezingTrainingArguments(
-        cli.output_dir, freeze_embeddings=True, freeze_layers=":2", layer_lr_decay=0.8, max_steps=cli.max_steps,
-        per_device_train_batch_size=4, learning_rate=1e-2, weight_decay=0.1, report_to="none", use_cpu=True,
-        disable_tqdm=True, save_strategy="steps", save_steps=cli.save_steps, logging_steps=1, seed=42,
+        cli.output_dir,
+        freeze_embeddings=True,
+        freeze_layers=":2",
+        layer_lr_decay=0.8,
+        max_steps=cli.max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="steps",
+        save_steps=cli.save_steps,
+        logging_steps=1,
+        seed=42,
         dataloader_num_workers=0,
     )
     callbacks = [HangAfterStep(cli.hang_after_step, cli.marker)] if cli.hang_after_step else []

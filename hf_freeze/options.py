@@ -223,6 +223,7 @@ OPTIONS: tuple[Option, ...] = (
         "eval mode, and train only the layers above it",
         "--cache_frozen_features",
         TRAINING,
+        in_plan=True,  # the frozen prefix runs in eval mode: a resumed run must train the same way
     ),
     Option(
         "feature_cache_max_memory_mb",

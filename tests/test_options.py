@@ -84,7 +84,14 @@ def test_plan_options_are_the_declared_training_options():
     assert (
         TRAINER_PLAN_OPTIONS
         == PLAN_TRAINING_OPTIONS
-        == ("layer_lr_decay", "unfreeze_strategy", "unfreeze_steps", "unfreeze_layers_per_event", "save_only_trainable")
+        == (
+            "layer_lr_decay",
+            "unfreeze_strategy",
+            "unfreeze_steps",
+            "unfreeze_layers_per_event",
+            "save_only_trainable",
+            "cache_frozen_features",
+        )
     )
 
 

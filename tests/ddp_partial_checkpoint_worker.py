@@ -20,8 +20,10 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_trainer import TokenData  # noqa: E402
-from tiny_models import build  # noqa: E402
+from tiny_models import (
+    TokenData,  # noqa: E402
+    build,  # noqa: E402
+)
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
 

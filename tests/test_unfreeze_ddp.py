@@ -10,55 +10,29 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from launch import ROOT, accelerate_launch
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_scripts", "unfreeze_ddp.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVENTS = {2: 2, 1: 4, 0: 6}  # layer -> the optimizer step after which it trains
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(tmp_path, name: str, *flags: str, reference: bool = False) -> list[dict]:
     result = tmp_path / name / "result.json"
     result.parent.mkdir()
     if reference:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
         command = [sys.executable, WORKER, "--reference", "--result", str(result), *flags]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+        assert done.returncode == 0, f"rc={done.returncode}; stderr tail:\n{done.stderr[-5000:]}"
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            WORKER,
-            "--result",
-            str(result),
-            *flags,
-        ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
-    assert done.returncode == 0 and result.exists(), f"rc={done.returncode}; stderr tail:\n{done.stderr[-5000:]}"
+        accelerate_launch(WORKER, "--result", str(result), *flags, timeout=420)
     return json.loads(result.read_text())
 
 

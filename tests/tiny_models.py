@@ -138,3 +138,18 @@ BUILDERS = {
 def build(name: str) -> torch.nn.Module:
     """Build the tiny model ``name``, seeded so every process gets the same weights."""
     return _seeded(BUILDERS[name])()
+
+
+class TokenData(torch.utils.data.Dataset):
+    """Random token sequences with binary labels (seeded, so every run sees the same batches)."""
+
+    def __init__(self, n: int = 16, length: int = 8):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randint(0, 99, (n, length), generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.y[i]}

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tiny_models import build  # noqa: E402
+from tiny_models import TokenData, build  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
@@ -39,19 +39,6 @@ def deepspeed_config(stage: int) -> dict:
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
     }
-
-
-class TokenData(torch.utils.data.Dataset):
-    def __init__(self, n: int = 32):
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randint(0, 99, (n, 8), generator=g)
-        self.y = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.x[i], "labels": self.y[i]}
 
 
 def full_values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -106,7 +93,7 @@ def main() -> None:
     partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
     before = full_values(model)
 
-    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData())
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData(32))
     trainer.train()
 
     after = full_values(trainer.model)
@@ -117,7 +104,7 @@ def main() -> None:
     refused = ""
     if options.backend == "ddp":  # gradual unfreezing is accepted under DDP (its checks pass before any step)
         args.unfreeze_strategy = "steps"
-        unfreezing = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData())
+        unfreezing = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData(32))
         try:
             unfreezing._check_unfreezing()
         except ValueError as err:

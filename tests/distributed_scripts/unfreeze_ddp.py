@@ -19,25 +19,12 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tiny_models import TEXT  # noqa: E402
+from tiny_models import TEXT, TokenData  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification, TrainerCallback  # noqa: E402
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
 
 LAYERS = 4
-
-
-class TokenData(torch.utils.data.Dataset):
-    def __init__(self, n: int = 64):
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randint(0, 99, (n, 8), generator=g)
-        self.y = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.x[i], "labels": self.y[i]}
 
 
 def digest(tensor: torch.Tensor) -> str:
@@ -103,7 +90,7 @@ def main() -> None:
     )
     model.accepts_loss_kwargs = False  # BERT ignores num_items_in_batch: keep Trainer's loss scaling plain
     hashes = LayerHashes()
-    trainer = InOrderTrainer(model=model, args=args, train_dataset=TokenData(), callbacks=[hashes])
+    trainer = InOrderTrainer(model=model, args=args, train_dataset=TokenData(64), callbacks=[hashes])
     trainer.train()
     named = dict(trainer.model.named_parameters())
     sync = trainer._unfreezing.grad_sync

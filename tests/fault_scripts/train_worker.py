@@ -24,24 +24,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tiny_models import build  # noqa: E402
+from tiny_models import TokenData, build  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
-
-
-class TokenData(torch.utils.data.Dataset):
-    def __init__(self, n: int = 32):
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randint(0, 99, (n, 8), generator=g)
-        self.y = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.x[i], "labels": self.y[i]}
 
 
 def hang(marker: str) -> None:
@@ -117,7 +104,7 @@ def main() -> None:
         step, phase = cli.hang_in_save.split(":")
         hang_in_save(int(step), phase, cli.marker)
     model = build("bert")
-    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData(), callbacks=callbacks)
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData(32), callbacks=callbacks)
     last = get_last_checkpoint(cli.output_dir) if cli.resume and os.path.isdir(cli.output_dir) else None
     resume = cli.resume_from or (True if last else None)  # True: FreezingTrainer picks the last checkpoint
     trainer.train(resume_from_checkpoint=resume)

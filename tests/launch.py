@@ -1,0 +1,42 @@
+"""Launch a worker script on two CPU processes with ``accelerate launch`` (gloo), as the distributed tests do.
+
+The worker must request the CPU itself (``use_cpu=True``); see ../shared notes on distributed CPU runs.
+A timeout or a failed launch fails the test with the tail of the workers' stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_launch(worker: str, *args: str, timeout: int, processes: int = 2) -> subprocess.CompletedProcess:
+    """Run ``worker`` on ``processes`` processes from the repository root; fail the test if it does not exit 0."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), worker, *args,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(
+            f"{os.path.basename(worker)} timed out after {timeout}s; stderr tail:\n{(err.stderr or b'')[-4000:]}"
+        )
+    if done.returncode != 0:
+        pytest.fail(f"{os.path.basename(worker)} failed (rc={done.returncode}); stderr tail:\n{done.stderr[-6000:]}")
+    return done

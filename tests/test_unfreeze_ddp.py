@@ -62,3 +62,15 @@ def test_unfreezing_under_ddp_keeps_replicas_identical(tmp_path, clip):
             atol=1e-5,
             msg=lambda m, n=name: f"{n}: {m}",
         )
+
+
+def test_a_run_resumed_between_two_events_ends_equal_to_the_uninterrupted_run(tmp_path):
+    out = tmp_path / "out"
+    (full_rank0, full_rank1) = run(tmp_path, "full", "--output_dir", str(out), "--save_steps", "3")
+    assert full_rank0["checksums"] == full_rank1["checksums"]
+    checkpoint = out / "checkpoint-3"  # stage 1: layer 2 unfrozen at step 2, layer 1 comes back at step 4
+    assert json.loads((checkpoint / "freeze_plan.json").read_text())["stage"] == 1
+    resumed = run(tmp_path, "resumed", "--output_dir", str(tmp_path / "out2"), "--resume_from", str(checkpoint))
+    assert [r["world_size"] for r in resumed] == [2, 2] and all(r["stage"] == 3 for r in resumed)
+    assert resumed[0]["checksums"] == resumed[1]["checksums"]
+    assert resumed[0]["checksums"] == full_rank0["checksums"], "the resumed run ended elsewhere"

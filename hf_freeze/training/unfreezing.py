@@ -28,7 +28,8 @@ logger = logging.getLogger("hf_freeze")
 # (plan, names an event brings back) -> their optimizer groups; see param_groups.param_groups
 _UNSUPPORTED = {
     "DeepSpeed": "the ZeRO optimizer builds its partitions of optimizer state and its gradient reduction from the "
-    "parameters that require grad at `deepspeed.initialize`, so a parameter unfrozen later would get neither.",
+    "parameters that require grad at `deepspeed.initialize` and has no `add_param_group`, so a parameter "
+    "unfrozen later would get neither.",
     "FSDP": "FSDP flattens (FSDP1) or shards (FSDP2) parameters and fixes their mixed-precision and gradient "
     "reduction at the wrap; changing requires_grad after the first forward is unsafe (PyTorch #186998).",
 }

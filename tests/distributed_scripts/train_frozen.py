@@ -102,7 +102,7 @@ def main() -> None:
     trained_changed = sorted(n for n in plan.trainable_names if not torch.equal(before[n], after[n]))
     checksums = {n: float(v.double().sum()) + float(v.double().abs().sum()) for n, v in after.items()}
     refused = ""
-    if options.backend == "ddp":  # gradual unfreezing is accepted under DDP (its checks pass before any step)
+    if options.backend != "zero3":  # gradual unfreezing: accepted under DDP, refused under DeepSpeed, before any step
         args.unfreeze_strategy = "steps"
         unfreezing = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData(32))
         try:

@@ -60,10 +60,13 @@ def main() -> None:
     parser.add_argument("--result", required=True)
     parser.add_argument("--reference", action="store_true", help="one process, global batches of 8")
     parser.add_argument("--clip", type=float, default=0.0)
+    parser.add_argument("--output_dir", default=None, help="checkpoints go here (with --save_steps)")
+    parser.add_argument("--save_steps", type=int, default=0, help="save a checkpoint every N steps")
+    parser.add_argument("--resume_from", default=None, help="a checkpoint-N folder to resume from")
     options = parser.parse_args()
 
     args = FreezingTrainingArguments(
-        os.path.dirname(options.result),
+        options.output_dir or os.path.dirname(options.result),
         use_cpu=True,  # without it each process trains alone (see notes/distributed-cpu.md)
         freeze_embeddings=True,
         freeze_layers=":3",
@@ -76,7 +79,8 @@ def main() -> None:
         learning_rate=5e-3,
         lr_scheduler_type="constant",
         report_to="none",
-        save_strategy="no",
+        save_strategy="steps" if options.save_steps else "no",
+        save_steps=options.save_steps or 500,
         disable_tqdm=True,
         dataloader_drop_last=True,
         seed=0,
@@ -91,7 +95,7 @@ def main() -> None:
     model.accepts_loss_kwargs = False  # BERT ignores num_items_in_batch: keep Trainer's loss scaling plain
     hashes = LayerHashes()
     trainer = InOrderTrainer(model=model, args=args, train_dataset=TokenData(64), callbacks=[hashes])
-    trainer.train()
+    trainer.train(resume_from_checkpoint=options.resume_from)
     named = dict(trainer.model.named_parameters())
     sync = trainer._unfreezing.grad_sync
     mine = {

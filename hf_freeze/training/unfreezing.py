@@ -31,7 +31,8 @@ _UNSUPPORTED = {
     "parameters that require grad at `deepspeed.initialize` and has no `add_param_group`, so a parameter "
     "unfrozen later would get neither.",
     "FSDP": "FSDP flattens (FSDP1) or shards (FSDP2) parameters and fixes their mixed-precision and gradient "
-    "reduction at the wrap; changing requires_grad after the first forward is unsafe (PyTorch #186998).",
+    "reduction at the wrap; with a mixed-precision policy, changing requires_grad after the first forward makes "
+    "the next backward fail (PyTorch #186998; tests/test_fsdp2_unfreeze.py).",
 }
 GroupBuilder = Callable[[FreezePlan, list[str]], list[dict[str, Any]]]
 

@@ -80,8 +80,19 @@ class TokenDropout:
         return batch
 
 
-def eval_mode_prefix(model: torch.nn.Module, entry: str, stack: str, k: int) -> None:
+def stack_path(model: torch.nn.Module, stack: str | None) -> str:
+    """The family's stack path; None: the ModuleList of ViTLayer blocks (vit.layers in transformers 5,
+    vit.encoder.layer in 4.57)."""
+    if stack is not None:
+        return stack
+    return next(
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and type(m[0]).__name__ == "ViTLayer"
+    )
+
+
+def eval_mode_prefix(model: torch.nn.Module, entry: str, stack: str | None, k: int) -> None:
     """The reference: the frozen prefix runs in eval mode (no dropout), the rest trains as usual."""
+    stack = stack_path(model, stack)
     modules = dict(model.named_modules())
     prefix = [modules[entry]] + [modules[f"{stack}.{i}"] for i in range(k)]
     model.register_forward_pre_hook(lambda *_: [m.eval() for m in prefix] and None)
@@ -224,12 +235,7 @@ def test_prefix_found_from_the_plan(family):
     model = build(family)
     plan = freeze_model(model, freeze_embeddings=True, freeze_layers=f":{k}")
     prefix = find_frozen_prefix(model, plan)
-    if stack is None:  # the ModuleList of ViTLayer blocks: vit.layers in transformers 5, vit.encoder.layer in 4.57
-        stack = next(
-            n
-            for n, m in model.named_modules()
-            if isinstance(m, torch.nn.ModuleList) and type(m[0]).__name__ == "ViTLayer"
-        )
+    stack = stack_path(model, stack)
     assert (prefix.entry, prefix.stack, prefix.num_layers) == (entry, stack, k)
 
 

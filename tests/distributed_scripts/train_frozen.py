@@ -24,6 +24,7 @@ from tiny_models import TokenData, build  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
+from hf_freeze.training.unfreezing import GradualUnfreezing  # noqa: E402
 
 FROZEN, TRAINED = "bert.encoder.layer.1.output.dense.weight", "bert.encoder.layer.3.output.dense.weight"
 
@@ -101,15 +102,14 @@ def main() -> None:
     frozen_unchanged = all(torch.equal(before[n], after[n]) for n in plan.frozen_names)
     trained_changed = sorted(n for n in plan.trainable_names if not torch.equal(before[n], after[n]))
     checksums = {n: float(v.double().sum()) + float(v.double().abs().sum()) for n, v in after.items()}
+    # gradual unfreezing's check with this run's backend: accepted under DDP, refused under DeepSpeed
+    probe = GradualUnfreezing("steps", 1, 1)
+    probe.start(trainer.freeze_plan)
     refused = ""
-    if options.backend != "zero3":  # gradual unfreezing: accepted under DDP, refused under DeepSpeed, before any step
-        args.unfreeze_strategy = "steps"
-        unfreezing = FreezingTrainer(model=build("bert"), args=args, train_dataset=TokenData(32))
-        try:
-            unfreezing._check_unfreezing()
-        except ValueError as err:
-            refused = str(err)
-        args.unfreeze_strategy = "no"
+    try:
+        probe.check("DeepSpeed" if trainer.is_deepspeed_enabled else None, trainer.args.world_size, False, "linear")
+    except ValueError as err:
+        refused = str(err)
     mine = {
         "rank": dist.get_rank(),
         "world_size": trainer.args.world_size,

@@ -9,6 +9,7 @@ through ``tests/distributed_scripts/run_recipe.py`` under ``accelerate launch``)
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 
@@ -54,8 +55,9 @@ class ChecksumRecorder(TrainerCallback):
             "num_processes": launched.num_processes,
             "parallel_mode": str(args.parallel_mode),
             "distributed_type": str(launched.distributed_type),
-            # What Trainer reads to decide whether to scale the loss by the process count.
-            "accepts_loss_kwargs": getattr(extract_model_from_parallel(model), "accepts_loss_kwargs", None),
+            # What Trainer decides from to scale the loss by the process count: the model's attribute when
+            # set (the recipes set False), else whether its forward takes **kwargs (4.57's BERT does not).
+            "accepts_loss_kwargs": accepts_loss_kwargs(extract_model_from_parallel(model)),
             "initial": self.initial,
             "final": parameter_checksums(extract_model_from_parallel(model)),
             "log_history": state.log_history,
@@ -63,3 +65,10 @@ class ChecksumRecorder(TrainerCallback):
         os.makedirs(self.directory, exist_ok=True)
         with open(os.path.join(self.directory, f"rank-{rank}.json"), "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1)
+
+
+def accepts_loss_kwargs(model) -> bool:
+    """Trainer's rule: ``model.accepts_loss_kwargs`` when set, else whether ``forward`` takes ``**kwargs``."""
+    if "accepts_loss_kwargs" in vars(model) or hasattr(type(model), "accepts_loss_kwargs"):
+        return bool(model.accepts_loss_kwargs)
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(model.forward).parameters.values())

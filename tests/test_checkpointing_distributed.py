@@ -6,13 +6,14 @@ import json
 import os
 
 import pytest
-from launch import accelerate_launch
+from launch import accelerate_launch, skip_cpu_ddp_resume_on_4x
 
 WORKER = os.path.join(os.path.dirname(__file__), "ddp_partial_checkpoint_worker.py")
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
+@skip_cpu_ddp_resume_on_4x
 def test_ddp_partial_checkpoint_save_and_resume(tmp_path):
     result = tmp_path / "result.json"
     accelerate_launch(WORKER, "--output_dir", str(tmp_path / "out"), "--result", str(result), timeout=300)

@@ -101,6 +101,18 @@ def label_names(raw, label_column: str) -> list[str]:
     feature = raw["train"].features[label_column]
     if hasattr(feature, "names"):
         return list(feature.names)
+    for split in ("train", "validation"):
+        for value in raw[split][label_column]:
+            if value is None:
+                raise InvalidOptionError(
+                    f"`label_column`={label_column!r}: a {split} row has the label None; every row needs a "
+                    "label (a class name or number)."
+                )
+            if isinstance(value, (list, tuple, dict)):
+                raise InvalidOptionError(
+                    f"`label_column`={label_column!r}: a {split} row has the label {value!r}; each row takes one "
+                    "class (a name or number), not a list or mapping."
+                )
     values = sorted({str(v) for v in raw["train"][label_column]})
     unseen = sorted({str(v) for v in raw["validation"][label_column]} - set(values))
     if unseen:

@@ -53,15 +53,6 @@ from hf_freeze.cli import main as inspect_main
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = {"count": 0}
 # Bugs found by this matrix, left to the owners of the code (see docs/reliability.md):
-LABEL_TYPES = (
-    "recipes: None or list labels become classes ('None', '[1, 0]'); the class count then differs from "
-    "the model's head and transformers raises RuntimeError (ignore_mismatched_sizes) instead of an error "
-    "naming label_column"
-)
-PLOT_ERROR = (
-    "hf-freeze inspect --plot into a missing folder prints the bare OSError ('[Errno 2] ...map.png'), "
-    "without naming --plot or saying the folder must exist"
-)
 
 
 class SpyTrainer(FreezingTrainer):
@@ -650,7 +641,6 @@ ROWS: list[Row] = [
         ),
         A,
         ("label_column", "[1, 0]", "one class"),
-        xfail=LABEL_TYPES,
     ),
     Row(
         "recipe labels missing",
@@ -663,7 +653,6 @@ ROWS: list[Row] = [
         ),
         A,
         ("label_column", "None", "every row"),
-        xfail=LABEL_TYPES,
     ),
     Row(
         "recipe model path missing",
@@ -737,7 +726,6 @@ ROWS: list[Row] = [
         lambda c: c.cli("inspect", c.assets["bert_config"], "--plot", str(c.tmp / "no" / "dir" / "map.png")),
         CommandFailed,
         ("plot", "map.png", "folder"),
-        xfail=PLOT_ERROR,
     ),
 ]
 

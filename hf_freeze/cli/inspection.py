@@ -252,6 +252,13 @@ def run_inspection(
 
     The one path behind :func:`inspect_model` and ``hf-freeze inspect``.
     """
+    if plot is not None:  # checked before any work; like any unwritable PNG path it is an environment error
+        folder = os.path.dirname(os.path.abspath(plot))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"`--plot`={str(plot)!r}: the folder {folder!r} does not exist. Create it first, or write the "
+                "map into an existing folder, e.g. --plot freeze_map.png."
+            )
     model_config = load_model_config(model) if isinstance(model, str) else model
     task = normalize_task(task) if task else infer_task(model_config)
     plan = spec.resolve(build_meta_model(model_config, task=task, num_labels=num_labels))

@@ -132,12 +132,6 @@ def walk_model(model: nn.Module) -> ModelIndex:
     return ModelIndex(modules, params, ties)
 
 
-def index_model(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Parameter], dict[str, list[str]]]:
-    """(module path -> module, canonical name -> parameter, canonical name -> every name of that tensor)."""
-    modules, params, ties = walk_model(model)
-    return modules, params, {name: [name, *ties.get(name, ())] for name in params}
-
-
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """Pause Python's cyclic GC: records for 100k tensors make it rescan the whole model graph again and

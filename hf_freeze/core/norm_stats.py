@@ -27,7 +27,7 @@ def _stay_in_eval(module: nn.Module, args) -> None:
 def freeze_norm_statistics(model: nn.Module, names: Iterable[str], modules: dict[str, nn.Module]) -> None:
     """Hook exactly the norm modules named in ``names``; release every other one hooked before.
 
-    ``modules`` maps module paths to modules (``discovery.index_model``), walked once by the caller.
+    ``modules`` maps module paths to modules (``discovery.walk_model``), walked once by the caller.
     """
     wanted = set(names)
     for name, module in modules.items():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .discovery import index_model
+from .discovery import walk_model
 from .fingerprint import Fingerprint, fingerprint_tensors
 from .norm_stats import has_running_stats
 from .plan import FreezePlan
@@ -42,8 +42,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def model_state(model: nn.Module, frozen_norms: Iterable[str] = ()) -> ModelState:
-    modules, params, aliases = index_model(model)
-    lookup = {alias: name for name, names in aliases.items() for alias in names}
+    modules, params, ties = walk_model(model)
+    lookup = {name: name for name in params} | {alias: name for name, names in ties.items() for alias in names}
     buffers: dict[str, torch.Tensor] = {}
     first: dict[int, str] = {}
     trained: list[str] = []

@@ -79,16 +79,12 @@ def checkpointing_on(args: Any, model: nn.Module) -> bool:
     return compat.checkpointing_requested(args) or compat.model_checkpointing(model)
 
 
-def checkpointing_kwargs(args: Any) -> dict[str, Any]:
-    return compat.checkpointing_kwargs(args)
-
-
 def prepare_checkpointing(model: nn.Module, plan: FreezePlan, args: Any) -> None:
     """Under activation checkpointing above frozen layers: warn about a failing DDP setting and hook the
     lowest trainable blocks (:func:`make_checkpointed_layers_trainable`)."""
     if not plan.frozen_names or not checkpointing_on(args, model):
         return
-    reentrant = bool(checkpointing_kwargs(args).get("use_reentrant", True))
+    reentrant = bool(compat.checkpointing_kwargs(args).get("use_reentrant", True))
     check_checkpointing(plan, args.ddp_find_unused_parameters, True, reentrant)
     hooked = make_checkpointed_layers_trainable(model, plan)
     logger.debug(f"Inputs of {hooked} require grad under activation checkpointing.")

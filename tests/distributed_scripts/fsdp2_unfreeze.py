@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 
 import torch
@@ -50,7 +51,12 @@ def main() -> None:
         report.update(ok=False, error=str(err)[:300])
     with open(f"{result}.rank{rank}", "w") as handle:
         json.dump(report, handle)
+    # end cleanly: a rank sometimes aborts at interpreter exit otherwise (notes/distributed-cpu.md)
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

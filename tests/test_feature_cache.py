@@ -90,16 +90,35 @@ def stack_path(model: torch.nn.Module, stack: str | None) -> str:
     )
 
 
-def eval_mode_prefix(model: torch.nn.Module, entry: str, stack: str | None, k: int) -> None:
-    """The reference: the frozen prefix runs in eval mode (no dropout), the rest trains as usual."""
+def eval_mode_prefix(model: torch.nn.Module, entry: str, stack: str | None) -> None:
+    """The reference: the frozen prefix runs in eval mode (no dropout), the rest trains as usual.
+
+    The prefix is read from ``requires_grad`` before every forward (the entry module and the bottom layers
+    with nothing trainable, at least one), so it follows gradual unfreezing; it does not use the library's
+    own prefix logic. Once layer 0 trains there is no prefix: the frozen embeddings run as in a plain run.
+    """
     stack = stack_path(model, stack)
     modules = dict(model.named_modules())
-    prefix = [modules[entry]] + [modules[f"{stack}.{i}"] for i in range(k)]
-    model.register_forward_pre_hook(lambda *_: [m.eval() for m in prefix] and None)
+    layers = modules[stack]
+
+    def frozen(module: torch.nn.Module) -> bool:
+        return not any(p.requires_grad for p in module.parameters())
+
+    def hook(*_):
+        if not frozen(modules[entry]) or not frozen(layers[0]):
+            return
+        modules[entry].eval()
+        for layer in layers:
+            if not frozen(layer):
+                break
+            layer.eval()
+
+    model.register_forward_pre_hook(hook)
 
 
 def train(family: str, cached: bool, tokenizer, collator=None, tmp_path=None, **options):
     entry, stack, k = FAMILIES[family]
+    k = options.pop("k", k)
     model = build(family)
     if family == "vit":
         train_ds, eval_ds, default = Images(), Images(6, seed=3), None
@@ -110,7 +129,7 @@ def train(family: str, cached: bool, tokenizer, collator=None, tmp_path=None, **
         train_ds, eval_ds = Texts(), Texts(6, seed=3)
         default = tf.DataCollatorWithPadding(tokenizer)
     if not cached:
-        eval_mode_prefix(model, entry, stack, k)
+        eval_mode_prefix(model, entry, stack)
     args = FreezingTrainingArguments(
         str(tmp_path or "unused"),
         freeze_embeddings=True,
@@ -119,7 +138,7 @@ def train(family: str, cached: bool, tokenizer, collator=None, tmp_path=None, **
         per_device_train_batch_size=3,
         per_device_eval_batch_size=4,
         gradient_accumulation_steps=2,
-        num_train_epochs=3,
+        num_train_epochs=options.pop("num_train_epochs", 3),
         learning_rate=5e-2,
         logging_steps=1,
         optim="sgd",
@@ -192,6 +211,51 @@ def test_spill_to_disk_with_a_tiny_budget_stays_exact(tokenizer, tmp_path):
     stats = cached["trainer"].feature_cache_stats
     assert stats.disk_bytes > 0 and stats.memory_bytes <= 0.001 * 2**20
     assert not list((tmp_path / "cache").iterdir())  # the spill file is deleted with the cache
+
+
+@pytest.mark.slow
+def test_unfreezing_into_the_prefix_shortens_the_cache_and_stays_exact(tokenizer, caplog):
+    """Events at steps 3, 6 and 9 bring layers 2, 1 and 0 back: the cache drops its features and caches
+    layers 0-1, then layer 0, then stops; training equals the uncached eval-mode-prefix run throughout."""
+    options = dict(k=3, num_train_epochs=5, unfreeze_strategy="steps", unfreeze_steps=3)
+    with caplog.at_level(logging.INFO, logger="hf_freeze"):
+        cached = train("bert", True, tokenizer, **options)
+    plain = train("bert", False, tokenizer, **options)
+    assert_same_run(cached, plain)
+    assert cached["trainer"].freeze_plan.stage == 3
+    followed = [r.message for r in caplog.records if "Feature cache after unfreezing" in r.message]
+    assert len(followed) == 3, followed
+    assert "layers 0-1 of bert.encoder.layer" in followed[0] and "layers 0-0" in followed[1]
+    assert "no frozen prefix is left" in followed[2]
+    stats = cached["trainer"].feature_cache_stats
+    assert stats.prefix_skips > 0  # each shorter prefix is filled again and hit before the next event
+    assert all("forward" not in m.__dict__ for m in cached["trainer"].model.modules())
+
+
+def test_retarget_follows_the_plan_without_touching_the_model():
+    model = build("bert")
+    plan = freeze_model(model, freeze_embeddings=True, freeze_layers=":3")
+    cache = FeatureCache.install(model, plan)
+    model.eval()
+    ids = torch.tensor([[5, 6, 7]])
+    expected = model(input_ids=ids).logits
+    model(input_ids=ids)
+    assert cache.stats().prefix_skips == 1 and len(cache.store) == 1
+    assert not cache.retarget(plan.with_trainable([]))  # same prefix: features kept
+    assert len(cache.store) == 1
+    layer2 = [n for n in plan.frozen_names if ".layer.2." in n]
+    shorter = plan.with_trainable(layer2)
+    shorter.apply(model)
+    assert cache.retarget(shorter) and cache.prefix.num_layers == 2 and len(cache.store) == 0
+    assert "forward" not in model.bert.encoder.layer[2].__dict__  # layer 2 runs as itself again
+    torch.testing.assert_close(model(input_ids=ids).logits, expected)
+    torch.testing.assert_close(model(input_ids=ids).logits, expected)  # a hit on the shorter prefix
+    assert cache.stats().prefix_skips == 2
+    embeddings = [n for n in plan.frozen_names if ".embeddings." in n]
+    assert cache.retarget(shorter.with_trainable(embeddings)) and cache.prefix is None
+    torch.testing.assert_close(model(input_ids=ids).logits, expected)
+    assert cache.stats().prefix_runs == 2 and all("forward" not in m.__dict__ for m in model.modules())
+    cache.remove()
 
 
 def test_store_keeps_memory_within_budget_and_reads_spilled_entries(tmp_path):
@@ -299,7 +363,7 @@ def test_refused_side_outputs():
     ("options", "words"),
     [
         (dict(), "nothing is frozen"),
-        (dict(freeze_embeddings=True, freeze_layers=":2", unfreeze_strategy="epoch"), "unfreeze_strategy"),
+        (dict(freeze_embeddings=True, freeze_layers=":2", torch_compile=True), "torch_compile"),
     ],
 )
 def test_trainer_refuses_before_any_step(options, words, tmp_path):

@@ -2,17 +2,22 @@
 
 The core (:mod:`hf_freeze.core.feature_cache`) does the work; this module checks the options and the
 training setup before any step, installs the cache for one ``train()`` call and removes it after,
-and reports hits and misses at every log step (and warns when augmentation defeats the cache).
+reports hits and misses at every log step (and warns when augmentation defeats the cache), and after
+each gradual-unfreezing event makes the cache follow the new plan (a shorter prefix, or none).
+Under DDP every rank installs its own cache and keys what it sees; nothing is exchanged between ranks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from ..core.feature_cache import CacheStats, FeatureCache
+from ..core.plan import FreezePlan
 from ..errors import InvalidOptionError
 
 logger = logging.getLogger("hf_freeze")
@@ -45,14 +50,21 @@ def install(trainer: Any, model: Any = None) -> FeatureCache | None:
         cache_dir=args.feature_cache_dir,
     )
     trainer.feature_cache = cache
-    trainer.add_callback(FeatureCacheCallback(cache))
+    trainer.add_callback(FeatureCacheCallback(cache, lambda: trainer.freeze_plan))
     if trainer.accelerator.is_main_process:
-        prefix = cache.prefix
-        logger.info(
-            f"Feature cache: {prefix.entry} and layers 0-{prefix.num_layers - 1} of {prefix.stack} "
-            f"({prefix.num_layers} of {prefix.stack_length}) run once per distinct input, in eval mode."
-        )
+        logger.info(f"Feature cache: {_describe(cache)}")
     return cache
+
+
+def _describe(cache: FeatureCache) -> str:
+    prefix = cache.prefix
+    if prefix is None:
+        return "off: the embeddings or layer 0 train now, so no frozen prefix is left to cache."
+    ranks = " (per process)" if torch.distributed.is_initialized() else ""
+    return (
+        f"{prefix.entry} and layers 0-{prefix.num_layers - 1} of {prefix.stack} ({prefix.num_layers} of "
+        f"{prefix.stack_length}) run once per distinct input{ranks}, in eval mode."
+    )
 
 
 def uninstall(trainer: Any, cache: FeatureCache | None) -> None:
@@ -74,37 +86,56 @@ def _check_setup(trainer: Any) -> None:
             f"{option} caches the frozen prefix, but nothing is frozen. Set freeze_embeddings=True and "
             "freeze_layers (e.g. ':4'), or set cache_frozen_features=False."
         )
-    if getattr(args, "unfreeze_strategy", "no") != "no":
-        raise InvalidOptionError(
-            f"{option} cannot be combined with `unfreeze_strategy`={args.unfreeze_strategy!r}: an unfreezing event "
-            "changes the cached prefix (not supported yet). Set one of them off."
-        )
     setups = {
         "DeepSpeed": trainer.is_deepspeed_enabled,
         "FSDP": trainer.is_fsdp_enabled,
-        f"DDP (world size {args.world_size})": args.world_size > 1,
         "torch_compile": bool(getattr(args, "torch_compile", False)),
     }
     for name, active in setups.items():
         if active:
             raise InvalidOptionError(
-                f"{option} is supported on one process without compilation, not under {name} (not tested there "
-                "yet). Train on one process, or set cache_frozen_features=False."
+                f"{option} is supported on one process and under DDP without compilation, not under {name} (it "
+                "shards or recompiles the modules the cache skips; not tested there). Train with DDP or on one "
+                "process, or set cache_frozen_features=False."
             )
 
 
 class FeatureCacheCallback(TrainerCallback):
-    """Adds the cache counters to each log and warns once when most inputs miss after the first epoch."""
+    """Adds the cache counters to each log, warns once when most inputs miss after the first epoch, and
+    retargets the cache when the trainer's plan changes (``current_plan``: gradual unfreezing)."""
 
-    def __init__(self, cache: FeatureCache) -> None:
-        self.cache = cache
+    def __init__(self, cache: FeatureCache, current_plan: Callable[[], FreezePlan | None]) -> None:
+        self.cache, self.current_plan = cache, current_plan
+        self._plan = current_plan()
         self._epoch_start = CacheStats()
         self._warned = False
+
+    def _follow_plan(self, state: Any) -> None:
+        """Called after every hook that may follow an unfreezing event (this callback runs after
+        GradualUnfreezing's) and before every step, so no forward runs on a prefix that now trains."""
+        plan = self.current_plan()
+        if plan is self._plan or plan is None:
+            return
+        self._plan = plan
+        if self.cache.retarget(plan) and state.is_world_process_zero:
+            logger.info(
+                f"Feature cache after unfreezing stage {plan.stage}, stored features dropped: {_describe(self.cache)}"
+            )
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._follow_plan(state)  # a resumed run replays its unfreezing stage when the optimizer is built
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._follow_plan(state)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._follow_plan(state)
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._epoch_start = self.cache.stats()
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._follow_plan(state)
         now, start = self.cache.stats(), self._epoch_start
         hits, misses = now.hits - start.hits, now.misses - start.misses
         rate = misses / (hits + misses) if hits + misses else 0.0

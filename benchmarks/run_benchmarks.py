@@ -6,13 +6,15 @@ hand, ``FreezingTrainer`` with the same plan, PEFT LoRA and a forward-only pass,
 
 Usage:
     make bench                                   # the full run (20.6 min on 2 CPU cores shared with other jobs)
-    make bench ARGS="--quick"                    # 1 warm-up + 4 timed steps per case, 2 steps for memory
+    make bench ARGS="--quick"                    # smoke run, no verdicts: 1 warm-up + 4 timed steps, 2 for memory
     .venv/bin/python benchmarks/run_benchmarks.py --cases head/trainer head/freezing --timed_steps 10
 
 Step times come from one process that interleaves the cases step by step (see
 ``trainbench/scheduler.py``); memory, optimizer state and gradient sizes come from one fresh process
 per case (``trainbench/alone.py``). Results go to ``benchmarks/results/``: ``benchmark.json``,
-``benchmark_table.md`` and ``benchmark_chart.png``.
+``benchmark_table.md`` and ``benchmark_chart.png``. A step-time verdict needs
+``trainbench.report.MIN_VERDICT_ROUNDS`` timed rounds (the default run has them); ``--quick`` is a smoke
+run that gives no verdict at all (``"smoke_run": true`` in the JSON, a SMOKE RUN line in the table).
 """
 
 from __future__ import annotations
@@ -79,7 +81,13 @@ class BenchmarkArguments:
     chart: str | None = field(
         default=None, metadata={"help": "Also copy the chart here, e.g. `--chart docs/benchmark_chart.png`."}
     )
-    quick: bool = field(default=False, metadata={"help": "A few steps per case (1 warm-up, 4 timed, 2 for memory)."})
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": "Smoke run: a few steps per case (1 warm-up, 4 timed, 2 for memory) to check the harness runs; "
+            "it gives no verdicts."
+        },
+    )
     skip_memory: bool = field(default=False, metadata={"help": "Skip the per-case memory processes."})
     skip_timing: bool = field(default=False, metadata={"help": "Skip the interleaved timing run."})
     worker_case: str | None = field(default=None, metadata={"help": "Internal: measure this one case alone."})
@@ -208,8 +216,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             cases[case_id].update(alone)
     meta["total_s"] = round(time.perf_counter() - started, 1)
     meta["load_average_end"] = os.getloadavg()
-    targets = report.check_targets(cases)
-    results = {"meta": meta, "cases": cases, "targets": targets}
+    targets = report.check_targets(cases, smoke=args.quick)
+    results = {
+        "meta": meta,
+        "smoke_run": args.quick,
+        "min_verdict_rounds": report.MIN_VERDICT_ROUNDS,
+        "cases": cases,
+        "targets": targets,
+    }
     write_outputs(args, results)
     return results
 
@@ -225,12 +239,14 @@ def write_outputs(args: BenchmarkArguments, results: dict) -> None:
         f"{args.timed_steps} timed steps per case"
     )
     table = report.markdown_table(cases)
-    text = f"{machine_line}\n\n{table}\n\nTargets:\n{report.targets_markdown(results['targets'])}\n"
+    smoke = f"{report.smoke_note(args.timed_steps)}\n\n" if results["smoke_run"] else ""
+    text = f"{smoke}{machine_line}\n\n{table}\n\nTargets:\n{report.targets_markdown(results['targets'])}\n"
     with open(os.path.join(args.output_dir, "benchmark_table.md"), "w") as handle:
         handle.write(text)
     chart = os.path.join(args.output_dir, "benchmark_chart.png")
     if any("median_step_s" in row or "peak_rss_bytes" in row for row in cases.values()):
-        report.draw_chart(cases, chart, f"hf-freeze benchmark, model {args.model}\n{machine_line}")
+        title = f"hf-freeze benchmark, model {args.model}" + (" - SMOKE RUN (--quick), no verdicts" if smoke else "")
+        report.draw_chart(cases, chart, f"{title}\n{machine_line}")
         if args.chart:
             os.makedirs(os.path.dirname(os.path.abspath(args.chart)), exist_ok=True)
             shutil.copyfile(chart, args.chart)

@@ -1,8 +1,9 @@
 """Smoke tests of the benchmark machinery (benchmarks/trainbench) on tiny models.
 
 They check that the harness measures what it claims: gradient and optimizer-state bytes per trainable
-parameter, per-case RNG streams and interleaving in the scheduler, paired ratios and target verdicts in
-the report, and one end-to-end run of ``run_benchmarks.py``. Timing figures themselves are not tested.
+parameter, per-case RNG streams and interleaving in the scheduler, paired ratios, target verdicts and the
+spread and round count they rest on in the report (a smoke run gives none), and one end-to-end ``--quick``
+run of ``run_benchmarks.py``. Timing figures themselves are not tested.
 """
 
 from __future__ import annotations
@@ -140,11 +141,15 @@ def test_interleaved_freezing_trainer_matches_hand_frozen_losses(tmp_path):
         assert torch.equal(a, b), name
 
 
-def _fake_cases() -> dict:
+STEP_TIME = "step time within 2% of hand-frozen Trainer"
+
+
+def _fake_cases(timed_rounds: int = report.MIN_VERDICT_ROUNDS) -> dict:
+    reference = [(1.0, 2.0, 1.0)[i % 3] for i in range(timed_rounds)]
     times = {
-        "head/trainer": [9.0, 1.0, 2.0, 1.0],
-        "head/freezing": [9.0, 1.1, 2.2, 1.1],  # 10% slower in every round
-        "head/forward": [9.0, 0.5, 1.0, 0.5],
+        "head/trainer": [9.0] + reference,
+        "head/freezing": [9.0] + [1.1 * t for t in reference],  # 10% slower in every round
+        "head/forward": [9.0] + [0.5 * t for t in reference],
     }
     cases = report.summarize(times, warmup=1)
     sizes = {
@@ -177,8 +182,9 @@ def test_report_ratios_targets_table_and_chart(tmp_path):
     assert cases["head/trainer"]["median_step_s"] == 1.0
     assert cases["head/freezing"]["ratio_to_reference"] == pytest.approx(1.1)
     assert cases["head/forward"]["ratio_to_reference"] == pytest.approx(0.5)
+    assert cases["head/freezing"]["ratio_rounds"] == report.MIN_VERDICT_ROUNDS
     verdicts = {(t["target"], t["depth"]): t["holds"] for t in report.check_targets(cases)}
-    assert verdicts[("step time within 2% of hand-frozen Trainer", "head")] is False
+    assert verdicts[(STEP_TIME, "head")] is False
     assert verdicts[("identical losses", "head")] is True
     assert verdicts[("peak memory at or below hand-frozen Trainer", "head")] is True
     assert verdicts[("gradients = 4 B per trainable parameter", "head/freezing")] is False
@@ -195,6 +201,39 @@ def test_report_ratios_targets_table_and_chart(tmp_path):
     chart = tmp_path / "chart.png"
     report.draw_chart(cases, str(chart), "test")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size < 200_000
+
+
+def test_a_step_time_verdict_prints_the_spread_it_rests_on():
+    times = {case_id: row["step_times_s"] for case_id, row in _fake_cases().items()}
+    times["head/freezing"][5] *= 2  # one slow round: the median stays, the spread shows it
+    cases = report.summarize(times, warmup=1)
+    (step,) = [t for t in report.check_targets(cases) if t["target"] == STEP_TIME]
+    assert step["holds"] is False and step["verdict"] == "does not hold"
+    rounds = report.MIN_VERDICT_ROUNDS
+    spread = f"median paired ratio 1.100 over {rounds} rounds (quartiles 1.100-1.100, min-max 1.100-2.200)"
+    assert step["detail"] == spread
+    assert report.targets_markdown([step]) == f"- **does not hold**: {STEP_TIME} (head): {spread}"
+
+
+def test_too_few_rounds_give_no_step_time_verdict():
+    few = report.MIN_VERDICT_ROUNDS - 1
+    targets = report.check_targets(_fake_cases(timed_rounds=few))
+    (step,) = [t for t in targets if t["target"] == STEP_TIME]
+    assert step["holds"] is None
+    needs = f"{few} timed rounds, a step-time verdict needs at least {report.MIN_VERDICT_ROUNDS}"
+    assert step["verdict"] == f"no verdict: {needs}"
+    assert "quartiles" in step["detail"] and "min-max" in step["detail"]  # the figures are still reported
+    assert all(t["holds"] is not None for t in targets if t is not step)  # sizes and losses do not need rounds
+    line = report.targets_markdown([step])
+    assert line.startswith("- no verdict: ") and "does not hold" not in line and "- holds" not in line
+
+
+def test_a_smoke_run_gives_no_verdict_at_all():
+    targets = report.check_targets(_fake_cases(timed_rounds=4), smoke=True)
+    assert targets and all(t["holds"] is None and t["verdict"] == report.SMOKE_RUN for t in targets)
+    text = report.targets_markdown(targets)
+    assert "does not hold" not in text and "- holds" not in text and "smoke run" in text
+    assert "not verdicts" in report.smoke_note(4) and "SMOKE RUN" in report.smoke_note(4)
 
 
 @pytest.mark.slow
@@ -224,10 +263,16 @@ def test_run_benchmarks_end_to_end(tmp_path):
     assert set(results["cases"]) == {"head/trainer", "head/freezing"}
     for row in results["cases"].values():
         assert len(row["step_times_s"]) == 5 and row["peak_rss_bytes"] > 0
-    verdicts = {(t["target"], t["depth"]): t["holds"] for t in results["targets"]}
-    assert verdicts[("identical losses", "head")]
-    for case_id in ("head/trainer", "head/freezing"):
-        assert verdicts[("gradients = 4 B per trainable parameter", case_id)]
-        assert verdicts[("optimizer state = 8 B per trainable parameter", case_id)]
-    assert "| head only | FreezingTrainer |" in (tmp_path / "benchmark_table.md").read_text()
+    # --quick is a smoke run: no verdict anywhere, and it says so; the figures are still there to check
+    assert results["smoke_run"] is True
+    assert results["targets"] and all(t["holds"] is None for t in results["targets"])
+    table = (tmp_path / "benchmark_table.md").read_text()
+    assert table.startswith("SMOKE RUN (--quick, 4 timed rounds per case)")
+    assert "does not hold" not in table and "- holds" not in table
+    assert "| head only | FreezingTrainer |" in table
+    ours, hand = results["cases"]["head/freezing"], results["cases"]["head/trainer"]
+    assert ours["losses"] == hand["losses"] and ours["ratio_rounds"] == 4
+    for row in (ours, hand):
+        assert row["grad_bytes"] == 4 * row["trainable_params"]
+        assert row["optimizer_state_bytes"]["per_parameter"] == 8 * row["trainable_params"]
     assert (tmp_path / "docs" / "chart.png").stat().st_size > 0

@@ -84,6 +84,16 @@ def unsaved_trainable(model: nn.Module, trainable: Iterable[str]) -> list[str]:
     return sorted(name for name in trainable if name not in saved)
 
 
+def unsaved_warning(names: list[str]) -> str:
+    """The warning for a run without freezing options whose PEFT model trains ``names`` but will not save them
+    (with freezing options :func:`check_saved` refuses this instead)."""
+    return (
+        f"{len(names)} trainable parameter(s) are outside the PEFT adapter and `modules_to_save`, so save_model "
+        f"will not write them and their training will be lost: {names[:5]}. Add their modules to "
+        "`modules_to_save` in the PEFT config, or set requires_grad=False on them."
+    )
+
+
 def _module_to_save(name: str) -> str:
     """The module path PEFT's ``modules_to_save`` would take for a parameter (PEFT's own prefix removed)."""
     module = name.rpartition(".")[0]

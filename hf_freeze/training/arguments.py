@@ -4,15 +4,19 @@ The freezing fields are ordinary dataclass fields, so they parse from command-li
 files through ``HfArgumentParser`` and show up in ``to_dict()``/``--help`` like any other argument.
 The validated :class:`~hf_freeze.FreezeSpec` is kept as a plain attribute (``freeze_spec``), not a
 field, so ``TrainingArguments.to_dict()``/``to_json_string()`` keep working for logs and model cards.
+:func:`resolve_and_apply` is what the arguments do to a model, as ``FreezingTrainer`` runs it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
 from transformers import TrainingArguments
 
+from ..core.plan import FreezePlan
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
 from ..options import (
@@ -24,6 +28,8 @@ from ..options import (
     options_docstring,
 )
 from . import feature_caching
+
+logger = logging.getLogger("hf_freeze")
 
 # Options outside FreezeSpec that change the optimizer groups or when the trainable set changes: recorded in
 # freeze_plan.json (FreezePlan.trainer_options) and compared on resume, like the spec.
@@ -99,3 +105,25 @@ class FreezingTrainingArguments(_OptionFields, TrainingArguments):
 
 # The Parameters section, TRL style, generated from the declarations.
 FreezingTrainingArguments.__doc__ = f"{FreezingTrainingArguments.__doc__}\n\n{options_docstring(OPTIONS)}"
+
+
+def resolve_and_apply(model: nn.Module, args: Any) -> FreezePlan | None:
+    """Resolve the freezing options of ``args`` against ``model`` and apply them; return the plan.
+
+    Without a freezing option (or with plain ``TrainingArguments``) the model is not touched: the plan
+    is report-only, stating what ``requires_grad`` already says (a PEFT model arrives partly frozen), or
+    None when everything trains.
+    """
+    spec: FreezeSpec | None = getattr(args, "freeze_spec", None)
+    if spec is not None and getattr(args, "freezing_enabled", False):
+        plan = spec.resolve(model)
+        plan.trainer_options = args.trainer_plan_options  # saved with the plan, compared on resume
+        plan.apply(model)
+        return plan
+    if all(p.requires_grad for p in model.parameters()):
+        return None
+    try:  # report-only: never applied
+        return FreezeSpec(train_head=False, freeze_norm_stats=False).resolve(model)
+    except Exception as err:  # noqa: BLE001 - reporting must never break a plain Trainer run
+        logger.debug(f"No freeze plan recorded for {type(model).__name__}: {err}")
+        return None

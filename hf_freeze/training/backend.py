@@ -74,6 +74,17 @@ def find_unused_from_plan(model: nn.Module, plan: FreezePlan, checkpointing: boo
     return any(p.trainable and p.group == GROUP_OTHER for p in plan.params)
 
 
+def ddp_find_unused(model: nn.Module, plan: FreezePlan, args: Any, log: bool = True) -> bool | None:
+    """:func:`find_unused_from_plan` for a run with freezing options; None when the user set
+    ``ddp_find_unused_parameters`` (theirs wins). ``log``: say what was chosen (under DDP only)."""
+    if args.ddp_find_unused_parameters is not None:
+        return None
+    find_unused = find_unused_from_plan(model, plan, checkpointing_on(args, model))
+    if log and args.world_size > 1:  # one process has no DDP wrap
+        logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
+    return find_unused
+
+
 def checkpointing_on(args: Any, model: nn.Module) -> bool:
     """Activation checkpointing requested by the arguments or already on in the model (names: :mod:`.compat`)."""
     return compat.checkpointing_requested(args) or compat.model_checkpointing(model)

@@ -36,9 +36,10 @@ import torch
 from ..core.adapters import is_peft_model
 from ..core.fingerprint import Fingerprint
 from ..core.partial_checkpoint import is_partial_checkpoint, load_trainable_state, save_trainable_state
-from ..core.plan import PLAN_FILE, FreezePlan
+from ..core.plan import FreezePlan
 from ..core.trainable_state import fingerprint_frozen
 from ..errors import InvalidOptionError, PartialCheckpointError
+from .resume import saved_plan
 from .unfreezing import advance
 
 logger = logging.getLogger("hf_freeze")
@@ -120,8 +121,8 @@ class PartialCheckpointMixin:
         """This run's plan at the checkpoint's unfreeze stage (what its tensors must be), or None."""
         if self._plan is None:
             return None
-        path = os.path.join(checkpoint, PLAN_FILE)
-        stage = FreezePlan.load(path).stage if os.path.isfile(path) else 0
+        saved = saved_plan(checkpoint)
+        stage = saved.stage if saved is not None else 0
         events = self._unfreezing.events if self._unfreezing is not None else []
         return advance(self._plan, events, stage) if stage else self._plan
 

@@ -5,19 +5,25 @@ decay names, lr, weight decay and layer decay in; a list of named groups out. ``
 lets ``Trainer.create_optimizer`` build the optimizer (so every optimizer class, factory and keyword
 ``Trainer`` knows keeps working) and, when it holds ``Trainer``'s standard two groups, replaces them
 with the builder's groups before the optimizer has any state (:func:`install`). Gradual unfreezing
-calls the same builder for the parameters each event brings back.
+calls the same builder for the parameters each event brings back. :func:`regroup` is that step of
+``FreezingTrainer.create_optimizer``; :class:`LayerRateLog` the per-group rates it logs with ``layer_lr_decay``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..core.plan import GROUP_EMBEDDINGS, FreezePlan
+from ..errors import InvalidOptionError
+from . import backend
+
+if TYPE_CHECKING:
+    from .unfreezing import GradualUnfreezing
 
 logger = logging.getLogger("hf_freeze")
 
@@ -133,6 +139,50 @@ def install(optimizer: torch.optim.Optimizer, groups: Sequence[dict[str, Any]]) 
     optimizer.param_groups = [{**template, **group} for group in groups]
 
 
+def regroup(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    plan: FreezePlan,
+    decay_names: Collection[str],
+    args: Any,
+    unfreezing: GradualUnfreezing | None = None,
+    log: bool = True,
+) -> float | None:
+    """Give the optimizer ``Trainer.create_optimizer`` just built the plan's groups (:func:`param_groups`).
+
+    ``Trainer`` builds it first so that every optimizer class, factory and keyword it knows keeps working;
+    an optimizer that groups parameters its own way is left alone, unless ``layer_lr_decay`` or gradual
+    unfreezing needs the groups (then it is an error naming the option). ``unfreezing`` learns how to build
+    the groups an event adds and replays a resumed run's stage. Returns the base learning rate when the
+    groups are split by layer (for :class:`LayerRateLog`), else None.
+    """
+    decay = getattr(args, "layer_lr_decay", 1.0)
+    if not is_standard_grouping(optimizer, model, decay_names):
+        if decay != 1.0 or unfreezing is not None:
+            strategy = getattr(args, "unfreeze_strategy", "no")
+            option = f"`layer_lr_decay`={decay}" if decay != 1.0 else f"`unfreeze_strategy`={strategy!r}"
+            raise InvalidOptionError(
+                f"{option} needs Trainer's standard parameter groups, but `optim`={args.optim!r} (or "
+                "`optimizer_cls_and_kwargs`) groups parameters its own way. Drop the option with this "
+                "optimizer, or use a standard one such as adamw_torch."
+            )
+        return None
+    lr, weight_decay = optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]
+    install(optimizer, param_groups(plan, model.named_parameters(), decay_names, lr, weight_decay, decay))
+    if unfreezing is not None:
+
+        def event_groups(plan: FreezePlan, names: list[str]) -> list[dict[str, Any]]:
+            return param_groups(
+                plan, model.named_parameters(), decay_names, lr, weight_decay, decay, only=names, by_layer=True
+            )
+
+        checkpointing = backend.checkpointing_on(args, model)
+        unfreezing.attach(model, optimizer, event_groups, checkpointing)  # replays a resumed stage
+    if log:
+        logger.info("Optimizer groups:\n" + describe(optimizer))
+    return lr if decay != 1.0 else None
+
+
 def logged_rates(
     logged: float, base_lr: float, groups: Sequence[dict[str, Any]], base_lrs: Sequence[float]
 ) -> tuple[float, dict[str, float]]:
@@ -150,6 +200,27 @@ def logged_rates(
         # the group's scale times the logged base rate: the same step as `learning_rate`
         per_group.setdefault(name, rate * (base_lrs[i] / base_lr) if i < len(base_lrs) else group["lr"])
     return rate, per_group
+
+
+class LayerRateLog:
+    """Rewrites ``Trainer``'s logs under ``layer_lr_decay``: ``learning_rate`` becomes the base rate as
+    scheduled (the head's, not the first group's), and the first training log also gets each group's rate
+    (``learning_rate/<group>``)."""
+
+    def __init__(self, base_lr: float) -> None:
+        self.base_lr = base_lr
+        self.groups_logged = False
+
+    def rewrite(self, logs: dict[str, float], optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> None:
+        if "learning_rate" not in logs:
+            return
+        base_lrs = getattr(lr_scheduler, "base_lrs", None) or []
+        rate, per_group = logged_rates(logs["learning_rate"], self.base_lr, optimizer.param_groups, base_lrs)
+        logs["learning_rate"] = rate
+        if not self.groups_logged:
+            self.groups_logged = True
+            for name, value in per_group.items():
+                logs.setdefault(f"learning_rate/{name}", value)
 
 
 def describe(optimizer: torch.optim.Optimizer) -> str:

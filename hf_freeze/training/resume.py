@@ -8,6 +8,7 @@ resolved trainable set, the frozen norm layers, the unfreeze stage). A differenc
 step (otherwise torch fails later with "a different number of parameter groups", or training goes
 on with another plan). Without a ``freeze_plan.json`` the checkpoint counts as trained with every
 option at its default, which is how a plain run over a plain checkpoint stays ``Trainer``.
+:func:`check_checkpoint` is the whole check as ``FreezingTrainer`` runs it before the first step.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
 from ..core.plan import PLAN_FILE, FreezePlan
 from ..core.spec import FreezeSpec
 from ..errors import PlanMismatchError
+from .unfreezing import advance
 
 logger = logging.getLogger("hf_freeze")
 
@@ -134,6 +137,30 @@ def check_resume(checkpoint: str, saved: FreezePlan | None, current: FreezePlan 
             "they cannot be checked; resume with the values the checkpoint was trained with."
         ]
     return []
+
+
+def saved_plan(checkpoint: str) -> FreezePlan | None:
+    """The ``freeze_plan.json`` of ``checkpoint``, or None when it has none (a plain run wrote it)."""
+    path = os.path.join(checkpoint, PLAN_FILE)
+    return FreezePlan.load(path) if os.path.isfile(path) else None
+
+
+def check_checkpoint(
+    checkpoint: str, current: FreezePlan | None, events: Sequence[list[str]] = (), warn: bool = True
+) -> int:
+    """Check that this run can resume ``checkpoint``; return the gradual-unfreezing stage to resume at.
+
+    ``current`` is this run's stage-0 plan (None: it sets no freezing option) and ``events`` its
+    unfreezing schedule, so the plan is compared at the checkpoint's stage. Raises
+    :class:`PlanMismatchError` (see :func:`check_resume`); logs its warnings when ``warn``.
+    """
+    saved = saved_plan(checkpoint)
+    if current is not None and saved is not None and saved.stage:
+        current = advance(current, list(events), saved.stage)
+    for warning in check_resume(checkpoint, saved, current):
+        if warn:
+            logger.warning(warning)
+    return saved.stage if saved is not None and current is not None else 0
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

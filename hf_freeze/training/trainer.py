@@ -1,10 +1,11 @@
 """``FreezingTrainer``: ``transformers.Trainer`` that resolves, applies, reports and saves a freeze plan.
 
-Glue over the core and the helpers beside it: the plan is resolved once per model (in ``__init__`` or
-where ``Trainer`` calls ``model_init``), before Accelerate wraps the model; the optimizer groups come
-from :func:`.param_groups.param_groups`, gradual unfreezing is the :class:`.unfreezing.GradualUnfreezing`
-callback, the checks before training live in :mod:`.backend`, the resume check in :mod:`.resume` and
-the model-card text in :mod:`.model_card`. With no freezing option set it is ``Trainer``:
+Glue over the core and the helpers beside it: the plan is resolved and applied once per model (in
+``__init__`` or where ``Trainer`` calls ``model_init``, before Accelerate wraps it) by
+:func:`.arguments.resolve_and_apply`; the optimizer groups and their logged rates come from
+:mod:`.param_groups`, gradual unfreezing is the :class:`.unfreezing.GradualUnfreezing` callback, the
+checks before training live in :mod:`.backend`, the resume check in :mod:`.resume` and the model-card
+text in :mod:`.model_card`. With no freezing option set it is ``Trainer``:
 
 - With no freezing option (or a plain ``TrainingArguments``) the model is not touched: no
   ``requires_grad`` change, no norm-statistics hook, the optimizer groups are ``Trainer``'s.
@@ -22,22 +23,20 @@ fails when one of them disappears from ``Trainer`` or when another one is overri
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from torch import nn
 
 from ..core import adapters
-from ..core.plan import PLAN_FILE, FreezePlan
-from ..core.spec import FreezeSpec
-from ..errors import InvalidOptionError
+from ..core.plan import FreezePlan
 from . import backend, compat, feature_caching
 from . import param_groups as optim
+from .arguments import resolve_and_apply
 from .checkpointing import PartialCheckpointMixin
 from .late_grad_sync import LateGradSync
 from .model_card import add_to_model_card
-from .resume import check_resume, last_complete_checkpoint
-from .unfreezing import GradualUnfreezing, advance
+from .resume import check_checkpoint, last_complete_checkpoint
+from .unfreezing import GradualUnfreezing
 
 logger = logging.getLogger("hf_freeze")
 
@@ -62,8 +61,7 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
         self._unsaved: list[str] = []
         self._plan_logged = True
         self._resume_checkpoint: str | None = None
-        self._base_lr: float | None = None  # set when layer_lr_decay split the optimizer groups
-        self._group_rates_logged = False
+        self._rate_log: optim.LayerRateLog | None = None  # set when layer_lr_decay split the optimizer groups
         self._feature_cache = None  # installed for one train() call (cache_frozen_features)
         if model is not None and args is not None:
             self._resolve_freeze_plan(model, args)
@@ -90,19 +88,8 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
         return bool(getattr(self.args, "freezing_enabled", False))
 
     def _resolve_freeze_plan(self, model: nn.Module, args: Any) -> None:
-        """Resolve the plan for ``model`` and apply it; without options only record the model's own trainable set."""
-        spec: FreezeSpec | None = getattr(args, "freeze_spec", None)
-        plan = None
-        if spec is not None and getattr(args, "freezing_enabled", False):
-            plan = spec.resolve(model)
-            plan.trainer_options = args.trainer_plan_options  # saved with the plan, compared on resume
-            plan.apply(model)
-        elif any(not p.requires_grad for p in model.parameters()):
-            try:  # report-only: the plan states exactly what requires_grad says and is never applied
-                plan = FreezeSpec(train_head=False, freeze_norm_stats=False).resolve(model)
-            except Exception as err:  # noqa: BLE001 - reporting must never break a plain Trainer run
-                logger.debug(f"No freeze plan recorded for {type(model).__name__}: {err}")
-        self._plan = plan
+        """Resolve and apply the plan for ``model`` (:func:`.arguments.resolve_and_apply`), then log it."""
+        plan = self._plan = resolve_and_apply(model, args)
         if self._unfreezing is not None and plan is not None:
             self._unfreezing.start(plan)
             adapters.check_saved(model, [name for event in self._unfreezing.events for name in event])
@@ -118,11 +105,7 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
         logger.info(self.freeze_plan.summary())
         logger.info("\n" + self.freeze_plan.table())
         if self._unsaved:  # only without freezing options: with them the plan refused this already
-            logger.warning(
-                f"{len(self._unsaved)} trainable parameter(s) are outside the PEFT adapter and `modules_to_save`, so "
-                f"save_model will not write them and their training will be lost: {self._unsaved[:5]}. Add their "
-                "modules to `modules_to_save` in the PEFT config, or set requires_grad=False on them."
-            )
+            logger.warning(adapters.unsaved_warning(self._unsaved))
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
         model = super().call_model_init(trial)
@@ -136,15 +119,10 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
 
     # ------------------------------------------------------------------ checks before training
     def _plan_find_unused_parameters(self) -> bool | None:
-        """DDP's ``find_unused_parameters`` from the plan; None: the user set it, or no freezing option."""
-        if self.freeze_plan is None or not self.freezing_enabled or self.args.ddp_find_unused_parameters is not None:
+        """DDP's ``find_unused_parameters`` from the plan (:func:`.backend.ddp_find_unused`); None: no option set."""
+        if not self._writes_plan():
             return None
-        find_unused = backend.find_unused_from_plan(
-            self.model, self.freeze_plan, backend.checkpointing_on(self.args, self.model)
-        )
-        if self.args.world_size > 1 and self.accelerator.is_main_process:  # one process has no DDP wrap
-            logger.info(f"ddp_find_unused_parameters={find_unused} (chosen from the freeze plan)")
-        return find_unused
+        return backend.ddp_find_unused(self.model, self.freeze_plan, self.args, log=self.accelerator.is_main_process)
 
     def _before_training(self, model: nn.Module) -> None:
         """Resume check, backend checks and checkpointing hooks: after ``model_init``, before the wrap and any step."""
@@ -171,53 +149,20 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
     def create_optimizer(self, model: nn.Module | None = None):
         user_built = self.optimizer is not None
         optimizer = super().create_optimizer(model)
-        if user_built or not self.freezing_enabled:
-            return optimizer
-        opt_model = self.model if model is None else model
-        decay_names = self.get_decay_parameter_names(opt_model)
-        decay = getattr(self.args, "layer_lr_decay", 1.0)
-        if not optim.is_standard_grouping(optimizer, opt_model, decay_names):
-            if decay != 1.0 or self._unfreezing is not None:
-                strategy = getattr(self.args, "unfreeze_strategy", "no")
-                option = f"`layer_lr_decay`={decay}" if decay != 1.0 else f"`unfreeze_strategy`={strategy!r}"
-                raise InvalidOptionError(
-                    f"{option} needs Trainer's standard parameter groups, but `optim`={self.args.optim!r} (or "
-                    "`optimizer_cls_and_kwargs`) groups parameters its own way. Drop the option with this "
-                    "optimizer, or use a standard one such as adamw_torch."
-                )
-            return optimizer
-        lr, weight_decay = optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]
-        optim.install(
-            optimizer,
-            optim.param_groups(self.freeze_plan, opt_model.named_parameters(), decay_names, lr, weight_decay, decay),
-        )
-        self._base_lr, self._group_rates_logged = (lr if decay != 1.0 else None), False
-        if self._unfreezing is not None:
-
-            def event_groups(plan: FreezePlan, names: list[str]) -> list[dict[str, Any]]:
-                return optim.param_groups(
-                    plan, opt_model.named_parameters(), decay_names, lr, weight_decay, decay, only=names, by_layer=True
-                )
-
-            checkpointing = backend.checkpointing_on(self.args, opt_model)
-            self._unfreezing.attach(opt_model, optimizer, event_groups, checkpointing)  # replays a resumed stage
-        if self.accelerator.is_main_process:
-            logger.info("Optimizer groups:\n" + optim.describe(optimizer))
+        if not user_built and self.freezing_enabled:  # the plan's groups (.param_groups.regroup)
+            opt_model = self.model if model is None else model
+            decay_names, main = self.get_decay_parameter_names(opt_model), self.accelerator.is_main_process
+            base_lr = optim.regroup(
+                optimizer, opt_model, self.freeze_plan, decay_names, self.args, self._unfreezing, main
+            )
+            self._rate_log = optim.LayerRateLog(base_lr) if base_lr is not None else None
         return optimizer
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """With ``layer_lr_decay``, ``learning_rate`` is the base rate as scheduled (the head's, not the first
-        group's), and the first training log also holds each group's rate (``learning_rate/<group>``)."""
-        if self._base_lr is not None and "learning_rate" in logs and self.optimizer is not None:
-            base_lrs = getattr(self.lr_scheduler, "base_lrs", None) or []
-            rate, per_group = optim.logged_rates(
-                logs["learning_rate"], self._base_lr, self.optimizer.param_groups, base_lrs
-            )
-            logs["learning_rate"] = rate
-            if not self._group_rates_logged:
-                self._group_rates_logged = True
-                for name, value in per_group.items():
-                    logs.setdefault(f"learning_rate/{name}", value)
+        """With ``layer_lr_decay``, ``learning_rate`` is the base rate and the first log holds each group's
+        rate (:class:`.param_groups.LayerRateLog`)."""
+        if self._rate_log is not None and self.optimizer is not None:
+            self._rate_log.rewrite(logs, self.optimizer, self.lr_scheduler)
         super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------ save / resume
@@ -241,20 +186,12 @@ class FreezingTrainer(PartialCheckpointMixin, compat.CompatTrainer):
             self._feature_cache = None
 
     def _check_checkpoint_plan(self, checkpoint: str) -> None:
-        """The checkpoint's ``freeze_plan.json`` must match this model and these options (:mod:`.resume`).
-
-        A plain run over a plain checkpoint passes untouched (``Trainer``); any other difference raises.
-        """
+        """The checkpoint's ``freeze_plan.json`` must match this model and these options (:mod:`.resume`)."""
+        events = self._unfreezing.events if self._unfreezing is not None else []
         current = self.freeze_plan if self._writes_plan() else None
-        path = os.path.join(checkpoint, PLAN_FILE)
-        saved = FreezePlan.load(path) if os.path.isfile(path) else None
-        if current is not None and saved is not None and saved.stage and self._unfreezing is not None:
-            current = advance(current, self._unfreezing.events, saved.stage)
-        for warning in check_resume(checkpoint, saved, current):
-            if self.accelerator.is_main_process:
-                logger.warning(warning)
+        stage = check_checkpoint(checkpoint, current, events, warn=self.accelerator.is_main_process)
         if self._unfreezing is not None:  # replayed when the optimizer is built, before its state loads
-            self._unfreezing.resume_stage = saved.stage if saved is not None and current is not None else 0
+            self._unfreezing.resume_stage = stage
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         super().create_model_card(*args, **kwargs)

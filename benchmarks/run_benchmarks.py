@@ -5,7 +5,7 @@ on random tokens and compares full fine-tuning with ``Trainer``, ``Trainer`` on 
 hand, ``FreezingTrainer`` with the same plan, PEFT LoRA and a forward-only pass, at several depths.
 
 Usage:
-    make bench                                   # the full run (20.6 min on 2 CPU cores shared with other jobs)
+    make bench                                   # the full run (about 10 min on 2 quiet CPU cores, 18 under load)
     make bench ARGS="--quick"                    # smoke run, no verdicts: 1 warm-up + 4 timed steps, 2 for memory
     .venv/bin/python benchmarks/run_benchmarks.py --cases head/trainer head/freezing --timed_steps 10
 

@@ -392,7 +392,7 @@ def _collate(features):
     return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": labels}
 
 
-@pytest.mark.parametrize("budget", [-1, "big", True])
+@pytest.mark.parametrize("budget", [-1, "big", True, float("nan"), float("inf")])
 def test_bad_budget_is_an_error(budget, tmp_path):
     with pytest.raises(InvalidOptionError, match="feature_cache_max_memory_mb"):
         FreezingTrainingArguments(str(tmp_path), feature_cache_max_memory_mb=budget)

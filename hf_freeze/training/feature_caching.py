@@ -10,6 +10,8 @@ Under DDP every rank installs its own cache and keys what it sees; nothing is ex
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +31,9 @@ HIGH_MISS_RATE = 0.5
 def check_options(args: Any) -> None:
     """Validate the cache options when the arguments are built (called from ``__post_init__``)."""
     budget = getattr(args, "feature_cache_max_memory_mb", None)
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
         raise InvalidOptionError(
-            f"`feature_cache_max_memory_mb`={budget!r} is not valid: use a number of MiB >= 0, e.g. 2048 "
+            f"`feature_cache_max_memory_mb`={budget!r} is not valid: use a finite number of MiB >= 0, e.g. 2048 "
             "(0 keeps every cached feature in the memory-mapped file in `feature_cache_dir`)."
         )
 
@@ -86,6 +88,7 @@ def _check_setup(trainer: Any) -> None:
             f"{option} caches the frozen prefix, but nothing is frozen. Set freeze_embeddings=True and "
             "freeze_layers (e.g. ':4'), or set cache_frozen_features=False."
         )
+    _check_folder(args.feature_cache_dir)
     setups = {
         "DeepSpeed": trainer.is_deepspeed_enabled,
         "FSDP": trainer.is_fsdp_enabled,
@@ -98,6 +101,20 @@ def _check_setup(trainer: Any) -> None:
                 "shards or recompiles the modules the cache skips; not tested there). Train with DDP or on one "
                 "process, or set cache_frozen_features=False."
             )
+
+
+def _check_folder(folder: str | None) -> None:
+    """The spill file's folder is created on the first spill, mid-run: refuse now a path that cannot be one."""
+    if folder is None:
+        return
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InvalidOptionError(
+            f"`feature_cache_dir`={folder!r} cannot be a folder: {existing!r} is a file. Give a folder for the "
+            "spill file (created if missing), or leave it unset for the system temporary folder."
+        )
 
 
 class FeatureCacheCallback(TrainerCallback):

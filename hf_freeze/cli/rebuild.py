@@ -48,8 +48,10 @@ def run_rebuild(args: argparse.Namespace) -> int:
     import transformers
 
     from ..core.partial_checkpoint import read_manifest, rebuild_trained_model
-    from ..errors import InvalidOptionError
+    from ..errors import FreezeError, InvalidOptionError
 
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise InvalidOptionError(f"--output {args.output!r} is a file: give a folder (new or existing) to write into.")
     manifest = read_manifest(args.checkpoint)
     model_cls = getattr(transformers, manifest["model_class"], None)
     if model_cls is None or not hasattr(model_cls, "from_pretrained"):
@@ -58,9 +60,19 @@ def run_rebuild(args: argparse.Namespace) -> int:
             "class: rebuild it in Python with hf_freeze.core.partial_checkpoint.rebuild_trained_model(model, folder)."
         )
     dtype = getattr(torch, args.dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise InvalidOptionError(f"--dtype {args.dtype!r} is not a torch dtype: use e.g. float32 or bfloat16.")
-    model = model_cls.from_pretrained(args.base, dtype=dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidOptionError(
+            f"--dtype {args.dtype!r} is not a floating-point torch dtype: use e.g. float32 or bfloat16."
+        )
+    try:
+        model = model_cls.from_pretrained(args.base, dtype=dtype)
+    except (OSError, ValueError) as error:  # a missing folder is a Hub id to transformers: say which argument
+        if isinstance(error, FreezeError):
+            raise
+        raise OSError(
+            f"BASE {args.base!r} cannot be loaded as {manifest['model_class']} ({' '.join(str(error).split())}). "
+            "Give the model folder or Hub id the run started from (not the checkpoint)."
+        ) from None
     rebuild_trained_model(model, args.checkpoint)
     os.makedirs(args.output, exist_ok=True)
     model.save_pretrained(args.output)

@@ -132,6 +132,24 @@ def is_partial_checkpoint(directory: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(directory, MANIFEST_FILE))
 
 
+# key -> (type, what it must be), so a hand-edited manifest is an error naming the key, not a TypeError
+_MANIFEST_TYPES = {
+    "version": (int, "an int"),
+    "model_class": (str, "a string"),
+    "state_file": (str, "a string"),
+    "state_bytes": (int, "an int"),
+    "parameters": (list, "a list of names"),
+    "buffers": (list, "a list of names"),
+}
+
+
+def _has_type(value: Any, kinds: tuple[type, str]) -> bool:
+    kind = kinds[0]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    return kind is not list or all(isinstance(item, str) for item in value)
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The manifest of the partial checkpoint in ``directory``, checked to be whole and of a known version."""
     path = os.path.join(directory, MANIFEST_FILE)
@@ -153,7 +171,14 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise PartialCheckpointError(
             f"{path} lacks {missing or ['a plain state_file name']}: it was edited or corrupted. Use an intact copy."
         )
-    if manifest.get("version", 0) > FORMAT_VERSION:
+    wrong = [key for key, kinds in _MANIFEST_TYPES.items() if not _has_type(manifest[key], kinds)]
+    if wrong:
+        raise PartialCheckpointError(
+            f"{path} has a value of the wrong type for {wrong} (expected: "
+            + ", ".join(f"{key} {_MANIFEST_TYPES[key][1]}" for key in wrong)
+            + "): it was edited or corrupted. Use an intact copy."
+        )
+    if manifest["version"] > FORMAT_VERSION:
         raise PartialCheckpointError(
             f"{path} has format version {manifest['version']}; this hf-freeze reads up to {FORMAT_VERSION}. "
             "Upgrade hf-freeze."

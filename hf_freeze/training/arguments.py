@@ -10,6 +10,7 @@ field, so ``TrainingArguments.to_dict()``/``to_json_string()`` keep working for 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..options import (
     OPTIONS,
     PLAN_TRAINING_OPTIONS,
     SPEC_OPTIONS,
+    TRAINING_OPTIONS,
     UNFREEZE_STRATEGIES,
     options_dataclass,
     options_docstring,
@@ -50,8 +52,25 @@ class FreezingTrainingArguments(_OptionFields, TrainingArguments):
         # FreezeSpec normalises values ("none" -> None, one pattern -> a list); keep the fields in step.
         for option in SPEC_OPTIONS:
             setattr(self, option.name, getattr(self.freeze_spec, option.name))
+        self._validate_option_types()
         self._validate_schedule_options()
         feature_caching.check_options(self)
+
+    def _validate_option_types(self) -> None:
+        """The on/off and folder options outside the spec (FreezeSpec checks its own): a string such as
+        "false" from a hand-built config would otherwise switch an option on, and a number as a folder
+        would fail only when the folder is first used."""
+        for option in TRAINING_OPTIONS:
+            value = getattr(self, option.name)
+            if option.type is bool and not isinstance(value, bool):
+                raise InvalidOptionError(
+                    f"`{option.name}`={value!r} is not valid: use True or False, e.g. `{option.example}`."
+                )
+            if option.type == (str | None) and not (value is None or isinstance(value, (str, os.PathLike))):
+                raise InvalidOptionError(
+                    f"`{option.name}`={value!r} is not valid: use a folder path (a string) or None, e.g. "
+                    f"`{option.example}`."
+                )
 
     def _validate_schedule_options(self) -> None:
         decay = self.layer_lr_decay

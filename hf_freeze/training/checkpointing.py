@@ -35,7 +35,13 @@ import torch
 
 from ..core.adapters import is_peft_model
 from ..core.fingerprint import Fingerprint
-from ..core.partial_checkpoint import is_partial_checkpoint, load_trainable_state, save_trainable_state
+from ..core.partial_checkpoint import (
+    MANIFEST_FILE,
+    STATE_FILE,
+    is_partial_checkpoint,
+    load_trainable_state,
+    save_trainable_state,
+)
 from ..core.plan import FreezePlan
 from ..core.trainable_state import fingerprint_frozen
 from ..errors import InvalidOptionError, PartialCheckpointError
@@ -135,6 +141,12 @@ class PartialCheckpointMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if not is_partial_checkpoint(resume_from_checkpoint):
+            if os.path.isfile(os.path.join(resume_from_checkpoint, STATE_FILE)):
+                raise PartialCheckpointError(
+                    f"{resume_from_checkpoint!r} holds {STATE_FILE} but not its manifest {MANIFEST_FILE}, which "
+                    "save_only_trainable writes last: the checkpoint is incomplete or was copied in part. Resume "
+                    "from a complete checkpoint (or copy the whole folder from one save)."
+                )
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         if model is not None and model is not self.model:
             raise PartialCheckpointError(

@@ -22,6 +22,9 @@ import pytest
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
+from hf_freeze.core.partial_checkpoint import MANIFEST_FILE, STATE_FILE
+from hf_freeze.training.resume import last_complete_checkpoint
+
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).resolve().parent / "fault_scripts" / "train_worker.py"
@@ -61,7 +64,7 @@ def run_worker(out: Path, result: Path, *extra: str) -> dict:
     return json.loads(Path(str(result) + ".json").read_text())
 
 
-def kill_at(out: Path, tmp: Path, *point: str) -> None:
+def kill_at(out: Path, tmp: Path, *point: str, flags: tuple[str, ...] = ()) -> None:
     """Start a run that stops at ``point``, SIGKILL it there, wait for it to be gone."""
     marker = tmp / f"reached-{time.monotonic_ns()}"
     process = subprocess.Popen(
@@ -80,6 +83,7 @@ def kill_at(out: Path, tmp: Path, *point: str) -> None:
             *point,
             "--marker",
             str(marker),
+            *flags,
         ],
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -166,3 +170,43 @@ def test_a_half_written_checkpoint_is_never_taken_as_the_last_one(killed_mid_wri
         raise AssertionError(f"resume with resume_from_checkpoint=True failed: {err}") from None
     assert info["global_step"] == MAX_STEPS
     assert_bitwise_equal(weights(tmp_path / "final.pt"), reference)
+
+
+# ---------------------------------------------------------------- partial checkpoints (save_only_trainable)
+PARTIAL = ("--save_only_trainable",)
+
+
+@pytest.fixture(scope="module")
+def partial_reference(tmp_path_factory) -> dict[str, torch.Tensor]:
+    tmp = tmp_path_factory.mktemp("uninterrupted_partial")
+    info = run_worker(tmp / "out", tmp / "final.pt", *PARTIAL)
+    assert info["global_step"] == MAX_STEPS
+    checkpoint = tmp / "out" / f"checkpoint-{MAX_STEPS}"
+    assert (checkpoint / MANIFEST_FILE).is_file() and not (checkpoint / "model.safetensors").exists()
+    return weights(tmp / "final.pt")
+
+
+def test_partial_checkpoints_change_what_is_written_not_what_trains(partial_reference, reference):
+    assert_bitwise_equal(partial_reference, reference)
+
+
+def test_sigkills_while_writing_partial_checkpoints_and_between_steps_resume_bitwise(partial_reference, tmp_path):
+    """Three kills in one run with save_only_trainable: inside the partial write of checkpoint-4 and of
+    checkpoint-6 (the two phases in a seeded order: half of trainable_state.safetensors under its temporary
+    name; the state file in place but not its manifest), then between steps 6 and 7. Every resume with
+    resume_from_checkpoint=True skips the half-written folder, and the run ends bitwise equal."""
+    phases = ["mid_state", "before_manifest"]
+    random.Random(SEED + 2).shuffle(phases)
+    out = tmp_path / "out"
+    for step, phase in zip((2 * SAVE_STEPS, 3 * SAVE_STEPS), phases):
+        kill_at(out, tmp_path, "--hang_in_save", f"{step}:{phase}", flags=PARTIAL)
+        half = out / f"checkpoint-{step}"
+        assert half.is_dir() and not (half / MANIFEST_FILE).exists() and not (half / "trainer_state.json").exists()
+        assert (half / STATE_FILE).is_file() == (phase == "before_manifest")
+        assert last_complete_checkpoint(str(out)) == str(out / f"checkpoint-{step - SAVE_STEPS}")
+    kill_at(out, tmp_path, "--hang_after_step", str(3 * SAVE_STEPS + 1), flags=PARTIAL)
+    last = out / f"checkpoint-{3 * SAVE_STEPS}"
+    assert last_complete_checkpoint(str(out)) == str(last) and (last / MANIFEST_FILE).is_file()
+    info = run_worker(out, tmp_path / "final.pt", "--resume", *PARTIAL)
+    assert info["global_step"] == MAX_STEPS
+    assert_bitwise_equal(weights(tmp_path / "final.pt"), partial_reference)

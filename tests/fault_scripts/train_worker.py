@@ -6,7 +6,9 @@ test can SIGKILL it exactly there (no timing race):
 
 - ``--hang_after_step K``: in ``on_step_end`` of step K, before that step's checkpoint is written;
 - ``--hang_in_save K:PHASE``: while writing checkpoint-K, ``PHASE`` = ``before_optimizer`` (model and
-  freeze_plan.json written, optimizer.pt not yet) or ``mid_optimizer`` (half of optimizer.pt written).
+  freeze_plan.json written, optimizer.pt not yet) or ``mid_optimizer`` (half of optimizer.pt written);
+  with ``--save_only_trainable`` also ``mid_state`` (half of trainable_state.safetensors written under its
+  temporary name) or ``before_manifest`` (the state file in place, trainable_state.json not yet).
 
 It writes ``<marker>`` when it reaches the point, then sleeps. ``--resume`` continues with
 ``train(resume_from_checkpoint=True)``. At the end it saves the final weights to ``--result``.
@@ -66,6 +68,32 @@ def hang_in_save(step: int, phase: str, marker: str) -> None:
         return real_save(obj, f, *args, **kwargs)
 
     torch.save = save
+    if phase in ("mid_state", "before_manifest"):
+        hang_in_partial_save(step, phase, marker)
+
+
+def hang_in_partial_save(step: int, phase: str, marker: str) -> None:
+    """Stop inside save_trainable_state for checkpoint-``step`` (the files it writes, in its order)."""
+    from hf_freeze.core import partial_checkpoint
+
+    real_save_file, real_atomic_write = partial_checkpoint.save_file, partial_checkpoint._atomic_write
+    in_checkpoint = f"{os.sep}checkpoint-{step}{os.sep}"
+
+    def save_file(tensors, path, *args, **kwargs):
+        if phase == "mid_state" and in_checkpoint in os.fspath(path):
+            real_save_file(tensors, path, *args, **kwargs)
+            with open(path, "r+b") as handle:
+                handle.truncate(os.path.getsize(path) // 2)
+                os.fsync(handle.fileno())
+            hang(marker)
+        return real_save_file(tensors, path, *args, **kwargs)
+
+    def atomic_write(path, write):
+        if phase == "before_manifest" and in_checkpoint in path and path.endswith(partial_checkpoint.MANIFEST_FILE):
+            hang(marker)
+        return real_atomic_write(path, write)
+
+    partial_checkpoint.save_file, partial_checkpoint._atomic_write = save_file, atomic_write
 
 
 def main() -> None:
@@ -79,6 +107,7 @@ def main() -> None:
     parser.add_argument("--hang_after_step", type=int, default=None)
     parser.add_argument("--hang_in_save", default=None)
     parser.add_argument("--marker", default=None)
+    parser.add_argument("--save_only_trainable", action="store_true")
     cli = parser.parse_args()
 
     args = FreezingTrainingArguments(
@@ -98,6 +127,7 @@ def main() -> None:
         logging_steps=1,
         seed=42,
         dataloader_num_workers=0,
+        save_only_trainable=cli.save_only_trainable,
     )
     callbacks = [HangAfterStep(cli.hang_after_step, cli.marker)] if cli.hang_after_step else []
     if cli.hang_in_save:

@@ -12,10 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from launch import ROOT, accelerate_launch, skip_cpu_ddp_resume_on_4x
+
+from hf_freeze.training.resume import last_complete_checkpoint
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_scripts", "unfreeze_ddp.py")
 EVENTS = {2: 2, 1: 4, 0: 6}  # layer -> the optimizer step after which it trains
@@ -75,3 +78,27 @@ def test_a_run_resumed_between_two_events_ends_equal_to_the_uninterrupted_run(tm
     assert [r["world_size"] for r in resumed] == [2, 2] and all(r["stage"] == 3 for r in resumed)
     assert resumed[0]["checksums"] == resumed[1]["checksums"]
     assert resumed[0]["checksums"] == full_rank0["checksums"], "the resumed run ended elsewhere"
+
+
+@skip_cpu_ddp_resume_on_4x
+def test_a_rank_killed_mid_run_fails_the_launch_and_the_resume_ends_bitwise_equal(tmp_path):
+    """SIGKILL rank 1 after step 5 (checkpoint-3 complete, layer 1 unfrozen at step 4): the launch ends
+    with an error instead of rank 0 waiting in its next all-reduce (bounded by the launch timeout), no
+    newer checkpoint appears, and resuming from the last complete one ends bitwise equal to the
+    uninterrupted run."""
+    full = run(tmp_path, "full", "--output_dir", str(tmp_path / "out_full"), "--save_steps", "3")
+    out = tmp_path / "out"
+    started = time.monotonic()
+    killed = accelerate_launch(
+        WORKER, "--result", str(tmp_path / "k.json"), "--output_dir", str(out), "--save_steps", "3", "--kill", "1:5",
+        timeout=300, check=False,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert killed.returncode != 0, f"the launch succeeded although rank 1 was killed ({seconds:.0f}s)"
+    assert "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert not (tmp_path / "k.json").exists()
+    last = last_complete_checkpoint(str(out))
+    assert last == str(out / "checkpoint-3"), (last, sorted(os.listdir(out)))
+    resumed = run(tmp_path, "resumed", "--output_dir", str(out), "--resume_from", last)
+    assert [r["world_size"] for r in resumed] == [2, 2] and all(r["stage"] == 3 for r in resumed)
+    assert resumed[0]["checksums"] == resumed[1]["checksums"] == full[0]["checksums"], "the resumed run ended elsewhere"

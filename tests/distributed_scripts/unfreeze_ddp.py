@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 
 import torch
@@ -47,6 +48,17 @@ class LayerHashes(TrainerCallback):
         )
 
 
+class KillRank(TrainerCallback):
+    """SIGKILLs this process at the end of optimizer step ``step`` on rank ``rank`` (a crashed node)."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and args.process_index == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class InOrderTrainer(FreezingTrainer):
     """No shuffling, so one process with batches of 8 sees the same global batches as two ranks with 4 each
     (accelerate hands consecutive batches to consecutive ranks)."""
@@ -63,6 +75,7 @@ def main() -> None:
     parser.add_argument("--output_dir", default=None, help="checkpoints go here (with --save_steps)")
     parser.add_argument("--save_steps", type=int, default=0, help="save a checkpoint every N steps")
     parser.add_argument("--resume_from", default=None, help="a checkpoint-N folder to resume from")
+    parser.add_argument("--kill", default=None, metavar="RANK:STEP", help="SIGKILL rank RANK after step STEP")
     options = parser.parse_args()
 
     args = FreezingTrainingArguments(
@@ -94,7 +107,11 @@ def main() -> None:
     )
     model.accepts_loss_kwargs = False  # BERT ignores num_items_in_batch: keep Trainer's loss scaling plain
     hashes = LayerHashes()
-    trainer = InOrderTrainer(model=model, args=args, train_dataset=TokenData(64), callbacks=[hashes])
+    callbacks = [hashes]
+    if options.kill:
+        rank, step = options.kill.split(":")
+        callbacks.append(KillRank(int(rank), int(step)))
+    trainer = InOrderTrainer(model=model, args=args, train_dataset=TokenData(64), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=options.resume_from)
     named = dict(trainer.model.named_parameters())
     sync = trainer._unfreezing.grad_sync

@@ -210,3 +210,4 @@ def test_sigkills_while_writing_partial_checkpoints_and_between_steps_resume_bit
     info = run_worker(out, tmp_path / "final.pt", "--resume", *PARTIAL)
     assert info["global_step"] == MAX_STEPS
     assert_bitwise_equal(weights(tmp_path / "final.pt"), partial_reference)
+    assert not list(out.glob("checkpoint-*/*.tmp-*")), "a killed write's temporary file outlived the rewrite"

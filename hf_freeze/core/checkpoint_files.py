@@ -21,6 +21,7 @@ Files written into the checkpoint folder:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Callable
@@ -77,6 +78,10 @@ class PartialCheckpointFiles(NamedTuple):
 
 # ---------------------------------------------------------------------------------- write
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+    # a write killed before its rename leaves "<file>.tmp-<pid>" behind; a later save into the same folder
+    # (a resumed run rewriting that checkpoint) removes it instead of keeping a dead half-written copy
+    for stale in glob.glob(f"{glob.escape(path)}.tmp-*"):
+        os.remove(stale)
     temporary = f"{path}.tmp-{os.getpid()}"
     try:
         write(temporary)

@@ -54,6 +54,10 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def folder_bytes(folder: str) -> dict[str, int]:
+    return {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
+
+
 def model_hooks(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
@@ -138,6 +142,11 @@ def main() -> None:
     parser.add_argument("--sample_every", type=int, default=50)
     parser.add_argument("--segments", type=int, default=4)
     parser.add_argument(
+        "--save_only_trainable",
+        action="store_true",
+        help="partial checkpoints (only what trains, plus the fingerprint of the frozen weights)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -171,6 +180,7 @@ def main() -> None:
             unfreeze_strategy="steps",
             unfreeze_steps=max(1, cli.steps // 6),
             layer_lr_decay=0.9,
+            save_only_trainable=cli.save_only_trainable,
             max_steps=cli.steps,
             per_device_train_batch_size=8,
             per_device_eval_batch_size=32,
@@ -215,6 +225,7 @@ def main() -> None:
                     "trainable": trainer.freeze_plan.trainable_numel,
                     **counts(model, trainer),
                     "checkpoints": sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")),
+                    "last_checkpoint_bytes": folder_bytes(os.path.join(out, f"checkpoint-{trainer.state.global_step}")),
                 }
             )
             print(
@@ -239,6 +250,7 @@ def main() -> None:
     result = {
         "steps": cli.steps,
         "segments": cli.segments,
+        "save_only_trainable": cli.save_only_trainable,
         "eval_every": cli.eval_every,
         "save_every": cli.save_every,
         "evaluations": len(evals),

@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--save_steps", type=int, default=0, help="save a checkpoint every N steps")
     parser.add_argument("--resume_from", default=None, help="a checkpoint-N folder to resume from")
     parser.add_argument("--kill", default=None, metavar="RANK:STEP", help="SIGKILL rank RANK after step STEP")
+    parser.add_argument("--save_only_trainable", action="store_true", help="partial checkpoints")
     options = parser.parse_args()
 
     args = FreezingTrainingArguments(
@@ -97,6 +98,7 @@ def main() -> None:
         disable_tqdm=True,
         dataloader_drop_last=True,
         seed=0,
+        save_only_trainable=options.save_only_trainable,
     )
     torch.manual_seed(0)  # seeded before the build: identical weights on every rank
     # no dropout: one process and two ranks draw different masks, and the runs are compared number for number

@@ -16,6 +16,8 @@ deleted). It reports:
 - before/after counts: hooks on the model's modules and parameters, live optimizers and trainers,
   param groups of the live optimizer, open file descriptors, threads.
 
+``--save_only_trainable`` runs the same with partial checkpoints (each segment then resumes from one).
+
 Results go to stdout and ``benchmarks/results/long_run.json``. This is not part of the test suite
 (it takes minutes); docs/reliability.md shows its figures.
 """

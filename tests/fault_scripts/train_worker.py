@@ -74,9 +74,9 @@ def hang_in_save(step: int, phase: str, marker: str) -> None:
 
 def hang_in_partial_save(step: int, phase: str, marker: str) -> None:
     """Stop inside save_trainable_state for checkpoint-``step`` (the files it writes, in its order)."""
-    from hf_freeze.core import partial_checkpoint
+    from hf_freeze.core import checkpoint_files
 
-    real_save_file, real_atomic_write = partial_checkpoint.save_file, partial_checkpoint._atomic_write
+    real_save_file, real_atomic_write = checkpoint_files.save_file, checkpoint_files._atomic_write
     in_checkpoint = f"{os.sep}checkpoint-{step}{os.sep}"
 
     def save_file(tensors, path, *args, **kwargs):
@@ -89,11 +89,11 @@ def hang_in_partial_save(step: int, phase: str, marker: str) -> None:
         return real_save_file(tensors, path, *args, **kwargs)
 
     def atomic_write(path, write):
-        if phase == "before_manifest" and in_checkpoint in path and path.endswith(partial_checkpoint.MANIFEST_FILE):
+        if phase == "before_manifest" and in_checkpoint in path and path.endswith(checkpoint_files.MANIFEST_FILE):
             hang(marker)
         return real_atomic_write(path, write)
 
-    partial_checkpoint.save_file, partial_checkpoint._atomic_write = save_file, atomic_write
+    checkpoint_files.save_file, checkpoint_files._atomic_write = save_file, atomic_write
 
 
 def main() -> None:

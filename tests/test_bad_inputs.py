@@ -56,9 +56,7 @@ from hf_freeze.errors import FeatureCacheError
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = {"count": 0}
-# Bugs found by this matrix, left to the owners of the code (see docs/reliability.md): the feature cache
-# (core/feature_cache.py, core/feature_store.py, training/feature_caching.py) is being rewritten by its owner.
-FEATURE_CACHE_OWNER = "feature cache bug left to its owner (being rewritten): "
+# Bugs found by this matrix, left to the owners of the code (see docs/reliability.md): none open.
 
 
 class SpyTrainer(FreezingTrainer):
@@ -1040,7 +1038,12 @@ ROWS: list[Row] = [
         lambda c: c.train(**CACHE, feature_cache_max_memory_mb=float("nan")),
         A,
         ("feature_cache_max_memory_mb", "nan", ">= 0"),
-        xfail=FEATURE_CACHE_OWNER + "nan passes the `< 0` check; train() then fails with int(nan) (ValueError)",
+    ),
+    Row(
+        "args feature_cache_max_memory_mb inf",
+        lambda c: c.train(**CACHE, feature_cache_max_memory_mb=float("inf")),
+        A,
+        ("feature_cache_max_memory_mb", "inf", "finite number"),
     ),
     Row(
         "args feature_cache_dir int",
@@ -1067,10 +1070,10 @@ ROWS: list[Row] = [
         ("cache_frozen_features", "'bert.embeddings.word_embeddings.weight' trains", "freeze_embeddings=True"),
     ),
     Row(
-        "combo cache with gradual unfreezing",
-        lambda c: c.train(**CACHE, unfreeze_strategy="steps"),
+        "combo cache with torch_compile",
+        lambda c: c.train(**CACHE, torch_compile=True),
         A,
-        ("cache_frozen_features", "'steps'", "Set one of them off"),
+        ("cache_frozen_features", "torch_compile", "set cache_frozen_features=False"),
     ),
     Row(
         "model cache without a layer stack",
@@ -1083,7 +1086,6 @@ ROWS: list[Row] = [
         lambda c: c.train(**CACHE, feature_cache_max_memory_mb=0, feature_cache_dir=file_in_scratch(c)),
         FreezeError,
         ("feature_cache_dir", "a_file", "folder"),
-        xfail=FEATURE_CACHE_OWNER + "FileExistsError from the spill store after the first training step",
     ),
 ]
 

@@ -6,7 +6,8 @@ Its stage-0 plan is resolved from the model's current ``requires_grad``: a param
 is recorded with the rule ``requires_grad`` even where ``freeze_layers``/``freeze_embeddings`` also select
 it, and ``unfreeze_events`` only unfreezes what the shortcuts froze (so that a PEFT base weight is never
 unfrozen). The resumed run then passes the plan check and silently stops unfreezing. Left to the owners
-of core/resolve.py and the trainer (the fix has to keep PEFT base weights out of the events).
+of core/resolve.py and the trainer (``training/arguments.resolve_and_apply``); the fix has to keep PEFT
+base weights out of the events.
 """
 
 from __future__ import annotations

@@ -80,15 +80,14 @@ def test_a_run_resumed_between_two_events_ends_equal_to_the_uninterrupted_run(tm
     assert resumed[0]["checksums"] == full_rank0["checksums"], "the resumed run ended elsewhere"
 
 
-@skip_cpu_ddp_resume_on_4x
 @pytest.mark.parametrize("checkpoints", ["full", "partial"])
 def test_a_rank_killed_mid_run_fails_the_launch_and_the_resume_ends_bitwise_equal(tmp_path, checkpoints):
     """SIGKILL rank 1 after step 5 (checkpoint-3 complete, layer 1 unfrozen at step 4): the launch ends
     with an error instead of rank 0 waiting in its next all-reduce (bounded by the launch timeout), no
     newer checkpoint appears, and resuming from the last complete one ends bitwise equal to the
-    uninterrupted run; with full checkpoints and with save_only_trainable."""
+    uninterrupted run; with full checkpoints and with save_only_trainable. On transformers 4.57 the
+    kill is checked and the resume skipped (4.57 cannot resume a two-process CPU run)."""
     flags = ("--save_only_trainable",) if checkpoints == "partial" else ()
-    full = run(tmp_path, "full", "--output_dir", str(tmp_path / "out_full"), "--save_steps", "3", *flags)
     out = tmp_path / "out"
     started = time.monotonic()
     killed = accelerate_launch(
@@ -102,6 +101,9 @@ def test_a_rank_killed_mid_run_fails_the_launch_and_the_resume_ends_bitwise_equa
     last = last_complete_checkpoint(str(out))
     assert last == str(out / "checkpoint-3"), (last, sorted(os.listdir(out)))
     assert (out / "checkpoint-3" / "trainable_state.json").is_file() == (checkpoints == "partial")
+    if skip_cpu_ddp_resume_on_4x.args[0]:
+        pytest.skip(f"the kill is checked; the resume: {skip_cpu_ddp_resume_on_4x.kwargs['reason']}")
+    full = run(tmp_path, "full", "--output_dir", str(tmp_path / "out_full"), "--save_steps", "3", *flags)
     resumed = run(tmp_path, "resumed", "--output_dir", str(out), "--resume_from", last, *flags)
     assert [r["world_size"] for r in resumed] == [2, 2] and all(r["stage"] == 3 for r in resumed)
     assert resumed[0]["checksums"] == resumed[1]["checksums"] == full[0]["checksums"], "the resumed run ended elsewhere"

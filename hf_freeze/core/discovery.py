@@ -60,8 +60,9 @@ class LayerStack:
 
 @dataclass
 class ModelStructure:
-    """What :func:`discover` found: stacks, base-model prefix, and per parameter (canonical names) its
-    layer (``locations``: stack and block index), or whether it is part of the head or the embeddings."""
+    """What :func:`discover` found: stacks, base-model prefix, the head and embedding parameters
+    (canonical names), and where each module sits (``places``), from which :meth:`location` tells a
+    parameter's layer. Per module, not per parameter: a model has far fewer modules than tensors."""
 
     stacks: list[LayerStack]
     base_prefix: str
@@ -70,12 +71,26 @@ class ModelStructure:
     ties: dict[str, list[str]] = field(default_factory=dict)
     params: dict[str, nn.Parameter] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
-    locations: dict[str, tuple[LayerStack, int]] = field(default_factory=dict)
+    # Module path -> its layer (stack, block index; one tuple per block), "head", "embedding" or None.
+    places: dict[str, Place] = field(default_factory=dict)
+    # Tied tensors that sit in a layer only under another of their names: canonical name -> that layer.
+    tied_locations: dict[str, tuple[LayerStack, int]] = field(default_factory=dict)
 
     @property
     def aliases(self) -> dict[str, list[str]]:
         """Tied tensors only: canonical name -> all its names, the canonical one first."""
         return {name: [name, *others] for name, others in self.ties.items()}
+
+    def location(self, name: str) -> tuple[LayerStack, int] | None:
+        """The layer (stack, block index) of the parameter ``name`` (canonical), or None."""
+        place = self.places[name.rpartition(".")[0]]
+        return place if type(place) is tuple else self.tied_locations.get(name)
+
+
+HEAD, EMBEDDING = "head", "embedding"
+# What a module (and so each parameter it owns) belongs to: a layer (stack, block index), the head, the
+# embedding block, or nothing (None).
+Place = tuple[LayerStack, int] | str | None
 
 
 def _join(prefix: str, name: str) -> str:
@@ -108,14 +123,23 @@ def walk_model(model: nn.Module) -> ModelIndex:
     modules: dict[str, nn.Module] = {}
     params: dict[str, nn.Parameter] = {}
 
-    def visit(prefix: str, module: nn.Module) -> None:
-        modules[prefix[:-1]] = module
+    def visit(path: str, module: nn.Module) -> None:
+        modules[path] = module
+        prefix = path + "." if path else ""
         for name, param in module._parameters.items():
             if param is not None:
                 params[prefix + name] = param
         for name, child in module._modules.items():
-            if child is not None:
-                visit(prefix + name + ".", child)
+            if child is None:
+                continue
+            if child._modules:
+                visit(prefix + name, child)
+                continue
+            child_path = prefix + name  # a leaf (most modules): visited here, without a call
+            modules[child_path] = child
+            for leaf, param in child._parameters.items():
+                if param is not None:
+                    params[child_path + "." + leaf] = param
 
     visit("", model)
     ties: dict[str, list[str]] = {}
@@ -151,10 +175,13 @@ def find_pretrained(model: nn.Module, modules: dict[str, nn.Module] | None = Non
     Wrappers that forward attribute access (PEFT's ``PeftModel``) are looked through: only a class
     that itself defines ``base_model_prefix`` counts.
     """
-    items = modules.items() if modules is not None else model.named_modules()
-    for path, module in items:
-        if hasattr(type(module), "base_model_prefix") and hasattr(module, "config"):
-            return path, module
+    modules = modules if modules is not None else dict(model.named_modules())
+    # Ask each class once, not each of (maybe 100k) modules; most models hold a few dozen classes.
+    kinds = {kind for kind in set(map(type, modules.values())) if hasattr(kind, "base_model_prefix")}
+    if kinds:
+        for path, module in modules.items():
+            if type(module) in kinds and hasattr(module, "config"):
+                return path, module
     return "", model
 
 
@@ -211,16 +238,11 @@ def _candidate_stacks(
     inside = root_path + "." if root_path else ""
     taken = None  # prefix of the last stack found: the index is in tree order, its blocks follow it
     for path, module in modules.items():
-        if not path.startswith(inside) or path == root_path:
+        if not isinstance(module, kinds) or not path.startswith(inside) or path == root_path:
             continue
         if taken is not None and path.startswith(taken):
             continue
-        if (
-            isinstance(module, kinds)
-            and len(module) > 0
-            and len({type(block) for block in module}) == 1
-            and _has_params(module)
-        ):
+        if len(module) > 0 and len({type(block) for block in module}) == 1 and _has_params(module):
             found.append((path, module))
             taken = path + "."
     return found
@@ -278,12 +300,6 @@ def stack_from_path(model: nn.Module, path: str, modules: dict[str, nn.Module] |
     return LayerStack(path, len(module), len(module))
 
 
-_HEAD, _EMBEDDING = "head", "embedding"
-# What a module (and so each parameter it owns) belongs to: a layer (stack, block index), the head, the
-# embedding block, or nothing (None).
-_Where = tuple[LayerStack, int] | str | None
-
-
 def discover(
     model: nn.Module, stacks: list[LayerStack] | None = None, index: ModelIndex | None = None
 ) -> ModelStructure:
@@ -297,9 +313,9 @@ def discover(
     # The few modules where membership changes; every other module inherits its parent's (the index is
     # in tree order, so a parent is always placed before its children). The head outranks a layer, a
     # layer outranks the embedding block.
-    roots: dict[str, _Where] = {}
+    roots: dict[str, Place] = {}
     if base_path != pretrained_path:  # the head: the PreTrainedModel outside its base model
-        roots[pretrained_path] = _HEAD
+        roots[pretrained_path] = HEAD
         roots[base_path] = None
     for stack in stacks:
         for key in modules[stack.path]._modules if stack.path in modules else ():
@@ -315,57 +331,50 @@ def discover(
             and parent not in (base_path, pretrained_path)
             and not any(s.path == parent or s.path.startswith(parent + ".") for s in stacks)
         ):
-            roots.setdefault(parent, _EMBEDDING)
-    roots.update((path, _HEAD) for path in output_paths)
+            roots.setdefault(parent, EMBEDDING)
+    roots.update((path, HEAD) for path in output_paths)
 
-    where: dict[str, _Where] = {}
+    # One pass in tree order (a parent is placed before its children). Per module, not per parameter: a
+    # layer's parameters need no record (``location`` reads ``places``); the head's and the embedding
+    # block's names are collected from their modules, each name mapped to its canonical one.
+    where: dict[str, Place] = {}
+    structure.places = where
+    canonical = index.names() if ties else None
+    head, embeddings, tied = structure.head_names, structure.embedding_names, structure.tied_locations
     missing = object()
-    for path in modules:
+    for path, module in modules.items():
         parent = where[path.rpartition(".")[0]] if path else None
         root = roots.get(path, missing)
         if root is missing:
             place = parent
-        elif root is _HEAD:
+        elif root is HEAD:
             place = root
         elif root is None:  # the base model, where the head region ends
-            place = _EMBEDDING if "embed" in path.lower() else None
-        elif root is _EMBEDDING:
-            place = parent if parent is not None else _EMBEDDING
+            place = EMBEDDING if "embed" in path.lower() else None
+        elif root is EMBEDDING:
+            place = parent if parent is not None else EMBEDDING
         else:
-            place = _HEAD if parent is _HEAD else root
+            place = HEAD if parent is HEAD else root
         if place is None and "embed" in path.rpartition(".")[2].lower():
-            place = _EMBEDDING
+            place = EMBEDDING
         where[path] = place
-
-    head, embeddings, locations = structure.head_names, structure.embedding_names, structure.locations
-
-    def record(name: str, alias: str) -> None:
-        owner, _, leaf = alias.rpartition(".")
-        place = where[owner]
-        if place is _HEAD:
-            head.add(name)
-        elif place is _EMBEDDING:
-            embeddings.add(name)
-        elif place is not None:
-            locations.setdefault(name, place)
-        elif "embed" in leaf.lower() or isinstance(modules[owner], nn.Embedding):
-            embeddings.add(name)
-
-    for name in params:  # record(name, name) inlined: this loop runs once per tensor
-        owner, _, leaf = name.rpartition(".")
-        place = where[owner]
-        if place is None:
-            if "embed" in leaf.lower() or isinstance(modules[owner], nn.Embedding):
+        if type(place) is tuple and canonical is None:
+            continue
+        own = module._parameters
+        if not own:
+            continue
+        prefix = path + "." if path else ""
+        for leaf, param in own.items():
+            if param is None:
+                continue
+            name = prefix + leaf if canonical is None else canonical[prefix + leaf]
+            if type(place) is tuple:  # an alias in a layer places its tensor there, unless its own name did
+                if type(where[name.rpartition(".")[0]]) is not tuple:
+                    tied.setdefault(name, place)
+            elif place is HEAD:
+                head.add(name)
+            elif place is EMBEDDING or "embed" in leaf.lower() or isinstance(module, nn.Embedding):
                 embeddings.add(name)
-        elif place is _HEAD:
-            head.add(name)
-        elif place is _EMBEDDING:
-            embeddings.add(name)
-        else:
-            locations[name] = place
-    for name, others in ties.items():
-        for alias in others:
-            record(name, alias)
     return structure
 
 

@@ -20,6 +20,15 @@ def has_running_stats(module: nn.Module) -> bool:
     return isinstance(module, _NormBase) and bool(module.track_running_stats)
 
 
+def running_stats_modules(modules: dict[str, nn.Module]) -> list[str]:
+    """Paths of the modules (of a walk's index) that :func:`has_running_stats`; most models have none, and
+    asking each class once finds that without a Python step per module."""
+    norm_types = {kind for kind in set(map(type, modules.values())) if issubclass(kind, _NormBase)}
+    if not norm_types:
+        return []
+    return [path for path, module in modules.items() if type(module) in norm_types and module.track_running_stats]
+
+
 def _stay_in_eval(module: nn.Module, args) -> None:
     module.training = False
 
@@ -30,9 +39,8 @@ def freeze_norm_statistics(model: nn.Module, names: Iterable[str], modules: dict
     ``modules`` maps module paths to modules (``discovery.walk_model``), walked once by the caller.
     """
     wanted = set(names)
-    for name, module in modules.items():
-        if not has_running_stats(module):
-            continue
+    for name in running_stats_modules(modules):
+        module = modules[name]
         handle = module.__dict__.get(_HANDLE)
         if name in wanted and handle is None:
             module.__dict__[_HANDLE] = module.register_forward_pre_hook(_stay_in_eval)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
 from typing import Any
 
 from torch import nn
@@ -45,6 +46,8 @@ class ParamDecision:
 
 
 _DECISION_FIELDS = tuple(f.name for f in fields(ParamDecision))
+_NAME, _SHAPE, _TRAINABLE = attrgetter("name"), attrgetter("shape"), attrgetter("trainable")
+_REQUIRES_GRAD = attrgetter("requires_grad")
 
 
 @dataclass
@@ -133,15 +136,19 @@ class FreezePlan:
         """
         with paused_gc():
             modules, params, _ = walk_model(model)
-            # The plan lists parameters in the walk's order: pair them up, and look names up only if that fails.
-            pairs = list(zip(self.params, params.items()))
-            if len(params) != len(self.params) or not all(
-                d.name == name and d.shape == list(param.shape) for d, (name, param) in pairs
+            decisions = self.params
+            tensors = list(params.values())
+            # The plan lists parameters in the walk's order: compare in bulk, look names up only if that fails.
+            if list(params) != list(map(_NAME, decisions)) or list(map(list, map(_SHAPE, tensors))) != list(
+                map(_SHAPE, decisions)
             ):
                 self.check_fits(model, params)
-                pairs = [(d, (d.name, params[d.name])) for d in self.params]
-            for decision, (_, param) in pairs:
-                param.requires_grad_(decision.trainable)
+                tensors = [params[d.name] for d in decisions]
+            wanted = list(map(_TRAINABLE, decisions))
+            if list(map(_REQUIRES_GRAD, tensors)) != wanted:  # set only what changes (re-applying is cheap)
+                for trainable, param in zip(wanted, tensors):
+                    if param.requires_grad != trainable:
+                        param.requires_grad_(trainable)
             freeze_norm_statistics(model, self.frozen_norms, modules)
         return model
 

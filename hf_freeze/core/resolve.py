@@ -18,6 +18,8 @@ that index. The options come in as any object with the attributes of :class:`Fre
 from __future__ import annotations
 
 import logging
+from itertools import repeat
+from operator import attrgetter, contains
 from typing import Any, Protocol
 
 from torch import nn
@@ -34,6 +36,7 @@ from .discovery import (
     LayerStack,
     ModelIndex,
     ModelStructure,
+    Place,
     discover,
     find_layer_stacks,
     named_stack_candidates,
@@ -43,11 +46,16 @@ from .discovery import (
 )
 from .layer_selection import LayerSelection
 from .matching import closest_names, compile_pattern, matches
-from .norm_stats import frozen_norms, has_running_stats
+from .norm_stats import frozen_norms, running_stats_modules
 from .plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER, FreezePlan, ParamDecision, _numel, _shape
 from .rules import AppliedRule, Rule
 
 logger = logging.getLogger("hf_freeze")
+
+# The rules that decide without a pattern (one object each; a plan's records share them).
+_ARRIVED, _BY_EMBEDDINGS = AppliedRule(Rule.REQUIRES_GRAD), AppliedRule(Rule.FREEZE_EMBEDDINGS)
+_BY_LAYERS, _BY_HEAD = AppliedRule(Rule.FREEZE_LAYERS), AppliedRule(Rule.TRAIN_HEAD)
+_MISSING = object()
 
 
 class FreezeOptions(Protocol):
@@ -163,21 +171,19 @@ def _pattern_overrides(
 
 def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) -> FreezePlan:
     frozen_layers = _frozen_layers(spec.layer_selection, structure, model)
-    params, ties, locations = structure.params, structure.ties, structure.locations
+    params, ties = structure.params, structure.ties
     embeddings = structure.embedding_names if spec.freeze_embeddings else set()
-    initial, by_embeddings = AppliedRule(Rule.REQUIRES_GRAD), AppliedRule(Rule.FREEZE_EMBEDDINGS)
-    by_layers, by_head = AppliedRule(Rule.FREEZE_LAYERS), AppliedRule(Rule.TRAIN_HEAD)
 
     def shortcut(name: str, param: nn.Parameter) -> tuple[bool, AppliedRule]:
         """What the model brought and the shortcuts (``freeze_layers`` outranks ``freeze_embeddings``) say."""
         if not param.requires_grad:
-            return False, initial
-        where = locations.get(name)
+            return False, _ARRIVED
+        where = structure.location(name)
         if where is not None and where[1] in frozen_layers.get(where[0].path, ()):
-            return False, by_layers
+            return False, _BY_LAYERS
         if name in embeddings:
-            return False, by_embeddings
-        return True, initial
+            return False, _BY_EMBEDDINGS
+        return True, _ARRIVED
 
     decided, hits = _pattern_overrides(spec, model, structure)
     if spec.train_head:
@@ -192,52 +198,10 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
                     f"it to `unfreeze` (train both), set `train_head`=False (freeze both), or untie the weights "
                     f"(config.tie_word_embeddings=False)."
                 )
-            decided[name] = (True, by_head)
+            decided[name] = (True, _BY_HEAD)
 
-    zero3 = any("ds_numel" in p.__dict__ for p in params.values())  # DeepSpeed partitioned the model
-    # Per layer (discovery shares one (stack, index) tuple per block): stack path, index, label, frozen.
-    layers: dict[int, tuple[str, int, str, bool]] = {}
-    head_names, embedding_names = structure.head_names, structure.embedding_names
-    decisions = []
-    append = decisions.append
-    for name, param in params.items():  # shortcut() inlined: this loop runs once per tensor
-        where = locations.get(name)
-        if where is not None:
-            layer_info = layers.get(id(where))
-            if layer_info is None:
-                path, index = where[0].path, where[1]
-                layer_info = layers[id(where)] = (path, index, f"{path}.{index}", index in frozen_layers.get(path, ()))
-            stack, layer, group, layer_frozen = layer_info
-        else:
-            stack = layer = None
-            layer_frozen = False
-            group = GROUP_EMBEDDINGS if name in embedding_names else GROUP_HEAD if name in head_names else GROUP_OTHER
-        verdict = decided.get(name)
-        if verdict is not None:
-            trainable, rule = verdict
-        elif not param.requires_grad:
-            trainable, rule = False, initial
-        elif layer_frozen:
-            trainable, rule = False, by_layers
-        elif name in embeddings:
-            trainable, rule = False, by_embeddings
-        else:
-            trainable, rule = True, initial
-        append(
-            ParamDecision(
-                name,
-                _shape(param) if zero3 else list(param.shape),
-                _numel(param) if zero3 else param.numel(),
-                trainable,
-                rule,
-                group,
-                stack,
-                layer,
-                list(ties.get(name, ())),
-            )
-        )
-
-    if not any(d.trainable for d in decisions):
+    decisions = _decisions(structure, frozen_layers, decided, embeddings)
+    if not any(map(attrgetter("trainable"), decisions)):
         rules = sorted({str(d.rule) for d in decisions})
         raise NoTrainableParametersError(
             f"The freeze plan leaves no trainable parameter in {type(model).__name__} (decided by {rules}). "
@@ -246,8 +210,8 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
         )
     if spec.freezes_anything:
         check_saved(model, (d.name for d in decisions if d.trainable))  # read only for a PEFT model
-    norms = [path for path, module in structure.modules.items() if has_running_stats(module)]
-    if spec.freeze_norm_stats and norms:
+    norms = running_stats_modules(structure.modules) if spec.freeze_norm_stats else []
+    if norms:
         names = ModelIndex(structure.modules, params, ties).names()
         fixed = frozen_norms(norms, names, {d.name: d.trainable for d in decisions})
     else:
@@ -261,3 +225,74 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
         stacks=[{"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks],
         frozen_norms=fixed,
     )
+
+
+# The layer of a module's parameters, as the plan records it: stack path, block index, group label,
+# frozen; None for a module outside the layers.
+_LayerInfo = tuple[str, int, str, bool] | None
+
+
+def _decisions(
+    structure: ModelStructure,
+    frozen_layers: dict[str, set[int]],
+    decided: dict[str, tuple[bool, AppliedRule]],
+    embeddings: set[str],
+) -> list[ParamDecision]:
+    """One record per parameter, in the walk's order. This loop runs once per tensor (100k for a large
+    model), so what can be worked out once per place (a layer block, the head, ...) or per shape is, and
+    the shortcuts are inlined."""
+    params, ties, places, tied = structure.params, structure.ties, structure.places, structure.tied_locations
+    head_names, embedding_names = structure.head_names, structure.embedding_names
+    by_place: dict[int, _LayerInfo] = {}  # id of a place -> its layer info; discovery shares one place per block
+
+    def layer_info(place: Place) -> _LayerInfo:
+        if type(place) is not tuple:
+            return None
+        path, index = place[0].path, place[1]
+        return (path, index, f"{path}.{index}", index in frozen_layers.get(path, ()))
+
+    # Shape -> (its list, numel): tensors of one shape share them (a model has a few dozen shapes).
+    by_size: dict[tuple[int, ...], tuple[list[int], int]] = {}
+    zero3 = _partitioned(params)
+    decisions = []
+    append = decisions.append
+    for name, param in params.items():
+        place = places[name.rpartition(".")[0]]
+        info = by_place.get(id(place), _MISSING)
+        if info is _MISSING:
+            info = by_place[id(place)] = layer_info(place)
+        if info is None and tied and name in tied:
+            info = layer_info(tied[name])
+        if info is not None:
+            stack, layer, group, layer_frozen = info
+        else:
+            stack = layer = None
+            layer_frozen = False
+            group = GROUP_EMBEDDINGS if name in embedding_names else GROUP_HEAD if name in head_names else GROUP_OTHER
+        verdict = decided.get(name) if decided else None
+        if verdict is not None:
+            trainable, rule = verdict
+        elif not param.requires_grad:
+            trainable, rule = False, _ARRIVED
+        elif layer_frozen:
+            trainable, rule = False, _BY_LAYERS
+        elif embeddings and name in embeddings:
+            trainable, rule = False, _BY_EMBEDDINGS
+        else:
+            trainable, rule = True, _ARRIVED
+        if zero3:
+            shape, numel = _shape(param), _numel(param)
+        else:
+            size = param.shape
+            known = by_size.get(size)
+            if known is None:
+                known = by_size[size] = (list(size), param.numel())
+            shape, numel = known
+        aliases = list(ties[name]) if ties and name in ties else []
+        append(ParamDecision(name, shape, numel, trainable, rule, group, stack, layer, aliases))
+    return decisions
+
+
+def _partitioned(params: dict[str, nn.Parameter]) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitioned any parameter (its real shape then lives in ``ds_shape``)."""
+    return any(map(contains, map(vars, params.values()), repeat("ds_numel")))  # no Python frame per tensor

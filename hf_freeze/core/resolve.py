@@ -10,7 +10,7 @@ head from them but never trains a head parameter that arrived frozen (a PEFT bas
 PEFT froze). Only an ``unfreeze`` pattern makes an arrived-frozen parameter trainable, and under
 PEFT only where the adapter saves it (:func:`~hf_freeze.core.adapters.check_saved`).
 
-The module tree is walked once (:func:`~hf_freeze.core.discovery.walk_model`); everything else reads
+The module tree is walked once (:func:`~hf_freeze.core.model_index.walk_model`); everything else reads
 that index. The options come in as any object with the attributes of :class:`FreezeOptions`
 (``FreezeSpec`` is one), so this module does not import the spec.
 """
@@ -32,22 +32,14 @@ from ..errors import (
     TiedWeightsConflictError,
 )
 from .adapters import check_saved
-from .discovery import (
-    LayerStack,
-    ModelIndex,
-    ModelStructure,
-    Place,
-    discover,
-    find_layer_stacks,
-    named_stack_candidates,
-    paused_gc,
-    stack_from_path,
-    walk_model,
-)
+from .discovery import ModelStructure, Place, discover, model_roots
 from .layer_selection import LayerSelection
+from .layer_stacks import LayerStack, find_layer_stacks, named_stack_candidates, stack_from_path
 from .matching import closest_names, compile_pattern, matches
+from .model_index import ModelIndex, paused_gc, walk_model
 from .norm_stats import frozen_norms, running_stats_modules
-from .plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER, FreezePlan, ParamDecision, _numel, _shape
+from .param_decision import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER, ParamDecision, param_numel, param_shape
+from .plan import FreezePlan
 from .rules import AppliedRule, Rule
 
 logger = logging.getLogger("hf_freeze")
@@ -83,7 +75,7 @@ def _select_stacks(spec: FreezeOptions, model: nn.Module, index: ModelIndex) -> 
     if spec.layer_stack is None:
         return None
     compiled = compile_pattern(spec.layer_stack, "layer_stack")
-    candidates = named_stack_candidates(model, index.modules)
+    candidates = named_stack_candidates(index.modules)
     chosen = [p for p in candidates if matches(compiled, p)]
     chosen = [p for p in chosen if not any(p != q and p.startswith(q + ".") for q in chosen)]
     if not chosen:
@@ -91,8 +83,10 @@ def _select_stacks(spec: FreezeOptions, model: nn.Module, index: ModelIndex) -> 
             f"`layer_stack`={spec.layer_stack!r} matches no nn.ModuleList or nn.Sequential of "
             f"{type(model).__name__}. Candidates: {candidates[:10]}."
         )
-    found = {s.path: s for s in find_layer_stacks(model, index)}  # keeps what discovery knows (shared layers)
-    return [found.get(p) or stack_from_path(model, p, index.modules) for p in chosen]
+    _, pretrained, base_path = model_roots(model, index.modules)
+    found = find_layer_stacks(index, getattr(pretrained, "config", None), base_path)
+    detected = {s.path: s for s in found}  # keeps what discovery knows (shared layers)
+    return [detected.get(p) or stack_from_path(index.modules, p) for p in chosen]
 
 
 def _frozen_layers(
@@ -102,7 +96,7 @@ def _frozen_layers(
     if selection is None:
         return {}
     if not structure.stacks:
-        hint = named_stack_candidates(model, structure.modules)[:5]
+        hint = named_stack_candidates(structure.modules)[:5]
         raise LayerStackNotFoundError(
             f"`freeze_layers`={selection.text!r}: no layer stack found in {type(model).__name__}. Name one "
             f"with `layer_stack` (a pattern over module paths), e.g. one of {hint}."
@@ -281,7 +275,7 @@ def _decisions(
         else:
             trainable, rule = True, _ARRIVED
         if zero3:
-            shape, numel = _shape(param), _numel(param)
+            shape, numel = param_shape(param), param_numel(param)
         else:
             size = param.shape
             known = by_size.get(size)

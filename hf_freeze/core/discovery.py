@@ -25,21 +25,27 @@ from .model_index import ModelIndex, walk_model
 
 @dataclass
 class ModelStructure:
-    """What :func:`discover` found: stacks, base-model prefix, the head and embedding parameters
-    (canonical names), and where each module sits (``places``), from which :meth:`location` tells a
-    parameter's layer."""
+    """What :func:`discover` found: stacks, base-model prefix, the walk it read (``index``), the head's
+    parameters and the embedding block's names (canonical names), and where each module sits
+    (``places``), from which :meth:`location` tells a parameter's layer."""
 
     stacks: list[LayerStack]
     base_prefix: str
-    head_names: set[str] = field(default_factory=set)
+    index: ModelIndex
+    head_params: dict[str, nn.Parameter] = field(default_factory=dict)
     embedding_names: set[str] = field(default_factory=set)
-    ties: dict[str, list[str]] = field(default_factory=dict)
-    params: dict[str, nn.Parameter] = field(default_factory=dict)
-    modules: dict[str, nn.Module] = field(default_factory=dict)
     # Module path -> its layer (stack, block index; one tuple per block), "head", "embedding" or None.
     places: dict[str, Place] = field(default_factory=dict)
     # Tied tensors that sit in a layer only under another of their names: canonical name -> that layer.
     tied_locations: dict[str, tuple[LayerStack, int]] = field(default_factory=dict)
+
+    @property
+    def head_names(self) -> set[str]:
+        return set(self.head_params)
+
+    @property
+    def ties(self) -> dict[str, list[str]]:
+        return self.index.ties
 
     @property
     def aliases(self) -> dict[str, list[str]]:
@@ -62,25 +68,24 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
-def find_pretrained(model: nn.Module, modules: dict[str, nn.Module] | None = None) -> tuple[str, nn.Module]:
+def find_pretrained(model: nn.Module, index: ModelIndex) -> tuple[str, nn.Module]:
     """The outermost ``PreTrainedModel``-like module and its path.
 
     Wrappers that forward attribute access (PEFT's ``PeftModel``) are looked through: only a class
     that itself defines ``base_model_prefix`` counts.
     """
-    modules = modules if modules is not None else dict(model.named_modules())
     # Ask each class once, not each of (maybe 100k) modules; most models hold a few dozen classes.
-    kinds = {kind for kind in set(map(type, modules.values())) if hasattr(kind, "base_model_prefix")}
+    kinds = {kind for kind in set(map(type, index.module_objects)) if hasattr(kind, "base_model_prefix")}
     if kinds:
-        for path, module in modules.items():
+        for path, module in zip(index.module_paths, index.module_objects):
             if type(module) in kinds and hasattr(module, "config"):
                 return path, module
     return "", model
 
 
-def model_roots(model: nn.Module, modules: dict[str, nn.Module] | None = None) -> tuple[str, nn.Module, str]:
+def model_roots(model: nn.Module, index: ModelIndex) -> tuple[str, nn.Module, str]:
     """(path of the PreTrainedModel, the PreTrainedModel, path of its base model without task head)."""
-    path, pretrained = find_pretrained(model, modules)
+    path, pretrained = find_pretrained(model, index)
     prefix = getattr(pretrained, "base_model_prefix", "") or ""
     if prefix and isinstance(getattr(pretrained, prefix, None), nn.Module):
         return path, pretrained, _join(path, prefix)
@@ -92,10 +97,10 @@ def discover(
 ) -> ModelStructure:
     """Analyse ``model`` from one walk (``index``, made here if not given); the plan reads the result."""
     index = index or walk_model(model)
-    modules, params, ties = index
-    pretrained_path, pretrained, base_path = model_roots(model, modules)
+    paths, objects, ties = index.module_paths, index.module_objects, index.ties
+    pretrained_path, pretrained, base_path = model_roots(model, index)
     stacks = find_layer_stacks(index, getattr(pretrained, "config", None), base_path) if stacks is None else stacks
-    structure = ModelStructure(stacks=stacks, base_prefix=base_path, ties=ties, params=params, modules=modules)
+    structure = ModelStructure(stacks=stacks, base_prefix=base_path, index=index)
 
     # The few modules where membership changes; every other module inherits its parent's (the index is
     # in tree order, so a parent is always placed before its children). The head outranks a layer, a
@@ -105,11 +110,12 @@ def discover(
         roots[pretrained_path] = HEAD
         roots[base_path] = None
     for stack in stacks:
-        for key in modules[stack.path]._modules if stack.path in modules else ():
+        container = _module_at(index, stack.path)
+        for key in container._modules if container is not None else ():
             if key.isdigit():
                 roots.setdefault(_join(stack.path, key), (stack, int(key)))
     output, input_layer = _getter(pretrained, "get_output_embeddings"), _getter(pretrained, "get_input_embeddings")
-    output_paths, input_paths = _paths_of(modules, output), _paths_of(modules, input_layer)
+    output_paths, input_paths = _paths_of(index, output), _paths_of(index, input_layer)
     if input_paths:
         parent = input_paths[0].rpartition(".")[0]
         # Only a dedicated block (BertEmbeddings), never a module that also holds the layers.
@@ -127,9 +133,9 @@ def discover(
     where: dict[str, Place] = {}
     structure.places = where
     canonical = index.names() if ties else None
-    head, embeddings, tied = structure.head_names, structure.embedding_names, structure.tied_locations
+    head, embeddings, tied = structure.head_params, structure.embedding_names, structure.tied_locations
     missing = object()
-    for path, module in modules.items():
+    for path, module in zip(paths, objects):
         parent = where[path.rpartition(".")[0]] if path else None
         root = roots.get(path, missing)
         if root is missing:
@@ -159,14 +165,24 @@ def discover(
                 if type(where[name.rpartition(".")[0]]) is not tuple:
                     tied.setdefault(name, place)
             elif place is HEAD:
-                head.add(name)
+                head[name] = param
             elif place is EMBEDDING or "embed" in leaf.lower() or isinstance(module, nn.Embedding):
                 embeddings.add(name)
     return structure
 
 
-def _paths_of(modules: dict[str, nn.Module], target: nn.Module | None) -> list[str]:
-    return [] if target is None else [path for path, module in modules.items() if module is target]
+def _module_at(index: ModelIndex, path: str) -> nn.Module | None:
+    """The module at ``path``, or None; a scan of the path list (for a few paths, cheaper than a dict)."""
+    try:
+        return index.module_objects[index.module_paths.index(path)]
+    except ValueError:
+        return None
+
+
+def _paths_of(index: ModelIndex, target: nn.Module | None) -> list[str]:
+    if target is None:
+        return []
+    return [path for path, module in zip(index.module_paths, index.module_objects) if module is target]
 
 
 def _getter(pretrained: nn.Module, method: str) -> nn.Module | None:

@@ -86,14 +86,14 @@ def _has_params(module: nn.Module) -> bool:
 
 
 def _candidate_stacks(
-    modules: dict[str, nn.Module], root_path: str, kinds: tuple[type[nn.Module], ...] = (nn.ModuleList,)
+    index: ModelIndex, root_path: str, kinds: tuple[type[nn.Module], ...] = (nn.ModuleList,)
 ) -> list[tuple[str, nn.Module]]:
     """Containers of ``kinds`` under ``root_path`` holding blocks of one class, outermost only (a stack
     inside a block is not listed). Reads the index; walks no module tree."""
     found: list[tuple[str, nn.Module]] = []
     inside = root_path + "." if root_path else ""
     taken = None  # prefix of the last stack found: the index is in tree order, its blocks follow it
-    for path, module in modules.items():
+    for path, module in zip(index.module_paths, index.module_objects):
         if not isinstance(module, kinds) or not path.startswith(inside) or path == root_path:
             continue
         if taken is not None and path.startswith(taken):
@@ -104,17 +104,17 @@ def _candidate_stacks(
     return found
 
 
-def _num_params(path: str, params: dict[str, nn.Parameter]) -> int:
+def _num_params(path: str, index: ModelIndex) -> int:
     prefix = path + "." if path else ""
-    return sum(p.numel() for name, p in params.items() if name.startswith(prefix))
+    return sum(p.numel() for name, p in zip(index.param_names, index.param_tensors) if name.startswith(prefix))
 
 
 def find_layer_stacks(index: ModelIndex, config: object, base_path: str) -> list[LayerStack]:
     """The main layer stacks under ``base_path`` (the base model's path; see the module docstring), with
     the layer counts ``config`` states; empty when there is none."""
     counts = _config_layer_counts(config)
-    candidates = _candidate_stacks(index.modules, base_path) or _candidate_stacks(
-        index.modules,
+    candidates = _candidate_stacks(index, base_path) or _candidate_stacks(
+        index,
         base_path,
         STACK_CONTAINERS,  # no ModuleList: a Sequential of blocks (timm style)
     )
@@ -126,9 +126,9 @@ def find_layer_stacks(index: ModelIndex, config: object, base_path: str) -> list
     # Shared layers: the config counts more layers than there are blocks, as a multiple of them.
     shared = [(p, m, c) for p, m in candidates for c in sorted(counts) if c > len(m) and c % len(m) == 0]
     if shared:
-        path, module, count = _largest(shared, key=lambda item: _num_params(item[0], index.params))
+        path, module, count = _largest(shared, key=lambda item: _num_params(item[0], index))
         return [LayerStack(path, len(module), count)]
-    path, module = _largest(candidates, key=lambda item: (_num_params(item[0], index.params), len(item[1])))
+    path, module = _largest(candidates, key=lambda item: (_num_params(item[0], index), len(item[1])))
     return [LayerStack(path, len(module), len(module))]
 
 
@@ -137,12 +137,12 @@ def _largest(items: list, key):
     return items[0] if len(items) == 1 else max(items, key=key)
 
 
-def named_stack_candidates(modules: dict[str, nn.Module]) -> list[str]:
-    """Every non-empty ModuleList or Sequential path of a walk's ``modules``, for ``layer_stack`` hints and
+def named_stack_candidates(index: ModelIndex) -> list[str]:
+    """Every non-empty ModuleList or Sequential path of a walk's ``index``, for ``layer_stack`` hints and
     explicit naming."""
     seen: set[int] = set()
     found = []
-    for path, module in modules.items():
+    for path, module in zip(index.module_paths, index.module_objects):
         if path and isinstance(module, STACK_CONTAINERS) and len(module) and id(module) not in seen:
             seen.add(id(module))
             found.append(path)

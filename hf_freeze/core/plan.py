@@ -118,21 +118,20 @@ class FreezePlan:
         module tree once.
         """
         with paused_gc():
-            modules, params, _ = walk_model(model)
-            decisions = self.params
-            tensors = list(params.values())
+            index = walk_model(model)
+            decisions, tensors = self.params, index.param_tensors
             # The plan lists parameters in the walk's order: compare in bulk, look names up only if that fails.
-            if list(params) != list(map(_NAME, decisions)) or list(map(list, map(_SHAPE, tensors))) != list(
+            if index.param_names != list(map(_NAME, decisions)) or list(map(list, map(_SHAPE, tensors))) != list(
                 map(_SHAPE, decisions)
             ):
-                self.check_fits(model, params)
-                tensors = [params[d.name] for d in decisions]
+                self.check_fits(model, index.params)
+                tensors = [index.params[d.name] for d in decisions]
             wanted = list(map(_TRAINABLE, decisions))
             if list(map(_REQUIRES_GRAD, tensors)) != wanted:  # set only what changes (re-applying is cheap)
                 for trainable, param in zip(wanted, tensors):
                     if param.requires_grad != trainable:
                         param.requires_grad_(trainable)
-            freeze_norm_statistics(model, self.frozen_norms, modules)
+            freeze_norm_statistics(model, self.frozen_norms, index)
         return model
 
     def with_trainable(self, names: list[str], rule: AppliedRule | Rule | str = Rule.UNFREEZE_STRATEGY) -> FreezePlan:

@@ -75,7 +75,7 @@ def _select_stacks(spec: FreezeOptions, model: nn.Module, index: ModelIndex) -> 
     if spec.layer_stack is None:
         return None
     compiled = compile_pattern(spec.layer_stack, "layer_stack")
-    candidates = named_stack_candidates(index.modules)
+    candidates = named_stack_candidates(index)
     chosen = [p for p in candidates if matches(compiled, p)]
     chosen = [p for p in chosen if not any(p != q and p.startswith(q + ".") for q in chosen)]
     if not chosen:
@@ -83,7 +83,7 @@ def _select_stacks(spec: FreezeOptions, model: nn.Module, index: ModelIndex) -> 
             f"`layer_stack`={spec.layer_stack!r} matches no nn.ModuleList or nn.Sequential of "
             f"{type(model).__name__}. Candidates: {candidates[:10]}."
         )
-    _, pretrained, base_path = model_roots(model, index.modules)
+    _, pretrained, base_path = model_roots(model, index)
     found = find_layer_stacks(index, getattr(pretrained, "config", None), base_path)
     detected = {s.path: s for s in found}  # keeps what discovery knows (shared layers)
     return [detected.get(p) or stack_from_path(index.modules, p) for p in chosen]
@@ -96,7 +96,7 @@ def _frozen_layers(
     if selection is None:
         return {}
     if not structure.stacks:
-        hint = named_stack_candidates(structure.modules)[:5]
+        hint = named_stack_candidates(structure.index)[:5]
         raise LayerStackNotFoundError(
             f"`freeze_layers`={selection.text!r}: no layer stack found in {type(model).__name__}. Name one "
             f"with `layer_stack` (a pattern over module paths), e.g. one of {hint}."
@@ -129,33 +129,34 @@ def resolve_plan(spec: FreezeOptions, model: nn.Module) -> FreezePlan:
     with paused_gc():
         index = walk_model(model)
         structure = discover(model, _select_stacks(spec, model, index), index)
-        return _decide(spec, model, structure)
+        return _decide(spec, model, structure, index)
 
 
 def _pattern_overrides(
     spec: FreezeOptions, model: nn.Module, structure: ModelStructure
 ) -> tuple[dict[str, tuple[bool, AppliedRule]], dict[str, dict[str, int]]]:
     """What the ``freeze`` then ``unfreeze`` patterns decide (name -> (trainable, rule)), and their hit counts."""
-    params, ties = structure.params, structure.ties
+    names, ties = structure.index.param_names, structure.ties
     decided: dict[str, tuple[bool, AppliedRule]] = {}
     hits: dict[str, dict[str, int]] = {"freeze": {}, "unfreeze": {}}
     for kind, value in ((Rule.FREEZE, False), (Rule.UNFREEZE, True)):
         option = kind.value
         for pattern in getattr(spec, option):
             search = compile_pattern(pattern, option).search
-            hit = [name for name in params if search(name)]
+            hit = [name for name in names if search(name)]
             if ties:
                 matched = set(hit)
                 hit += [n for n, others in ties.items() if n not in matched and any(search(a) for a in others)]
             verdict = (value, AppliedRule(kind, pattern))
             # A freeze pattern over an arrived-frozen parameter decides nothing (it stays "requires_grad"),
             # so gradual unfreezing, which brings back what the rules froze, never reaches it.
+            params = structure.index.params  # a dict only when a pattern is set
             decided.update((name, verdict) for name in hit if value or params[name].requires_grad)
             hits[option][pattern] = len(hit)
             if not hit:
                 message = (
                     f"`{option}` pattern {pattern!r} matched no parameter of {type(model).__name__}. Patterns "
-                    f"match whole dot-separated segments; closest names: {closest_names(pattern, params)}."
+                    f"match whole dot-separated segments; closest names: {closest_names(pattern, names)}."
                 )
                 if spec.freeze_strict:
                     raise PatternNotFoundError(message + " Fix the pattern or set freeze_strict=False.")
@@ -163,9 +164,9 @@ def _pattern_overrides(
     return decided, hits
 
 
-def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) -> FreezePlan:
+def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure, index: ModelIndex) -> FreezePlan:
     frozen_layers = _frozen_layers(spec.layer_selection, structure, model)
-    params, ties = structure.params, structure.ties
+    head, ties = structure.head_params, structure.ties
     embeddings = structure.embedding_names if spec.freeze_embeddings else set()
 
     def shortcut(name: str, param: nn.Parameter) -> tuple[bool, AppliedRule]:
@@ -182,8 +183,8 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
     decided, hits = _pattern_overrides(spec, model, structure)
     if spec.train_head:
         # Protects the head from this plan's freezing rules; what arrived frozen only `unfreeze` trains.
-        for name in sorted(n for n in structure.head_names if params[n].requires_grad):
-            trainable, rule = decided.get(name) or shortcut(name, params[name])
+        for name in sorted(n for n, param in head.items() if param.requires_grad):
+            trainable, rule = decided.get(name) or shortcut(name, head[name])
             if name in ties and not trainable and rule.kind is not Rule.REQUIRES_GRAD:
                 tied = [name, *ties[name]]
                 raise TiedWeightsConflictError(
@@ -204,9 +205,9 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
         )
     if spec.freezes_anything:
         check_saved(model, (d.name for d in decisions if d.trainable))  # read only for a PEFT model
-    norms = running_stats_modules(structure.modules) if spec.freeze_norm_stats else []
+    norms = list(running_stats_modules(index)) if spec.freeze_norm_stats else []
     if norms:
-        names = ModelIndex(structure.modules, params, ties).names()
+        names = index.names()
         fixed = frozen_norms(norms, names, {d.name: d.trainable for d in decisions})
     else:
         fixed = []
@@ -215,7 +216,7 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
         spec=spec.to_dict(),
         params=decisions,
         pattern_hits=hits,
-        ties=[[name, *ties[name]] for name in params if name in ties] if ties else [],
+        ties=[[name, *ties[name]] for name in structure.index.param_names if name in ties] if ties else [],
         stacks=[{"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks],
         frozen_norms=fixed,
     )
@@ -235,22 +236,22 @@ def _decisions(
     """One record per parameter, in the walk's order. This loop runs once per tensor (100k for a large
     model), so what can be worked out once per place (a layer block, the head, ...) or per shape is, and
     the shortcuts are inlined."""
-    params, ties, places, tied = structure.params, structure.ties, structure.places, structure.tied_locations
-    head_names, embedding_names = structure.head_names, structure.embedding_names
+    index, ties, places, tied = structure.index, structure.ties, structure.places, structure.tied_locations
+    head_names, embedding_names = structure.head_params, structure.embedding_names
     by_place: dict[int, _LayerInfo] = {}  # id of a place -> its layer info; discovery shares one place per block
 
     def layer_info(place: Place) -> _LayerInfo:
         if type(place) is not tuple:
             return None
-        path, index = place[0].path, place[1]
-        return (path, index, f"{path}.{index}", index in frozen_layers.get(path, ()))
+        path, block = place[0].path, place[1]
+        return (path, block, f"{path}.{block}", block in frozen_layers.get(path, ()))
 
     # Shape -> (its list, numel): tensors of one shape share them (a model has a few dozen shapes).
     by_size: dict[tuple[int, ...], tuple[list[int], int]] = {}
-    zero3 = _partitioned(params)
+    zero3 = _partitioned(index.param_tensors)
     decisions = []
     append = decisions.append
-    for name, param in params.items():
+    for name, param in zip(index.param_names, index.param_tensors):
         place = places[name.rpartition(".")[0]]
         info = by_place.get(id(place), _MISSING)
         if info is _MISSING:
@@ -287,6 +288,6 @@ def _decisions(
     return decisions
 
 
-def _partitioned(params: dict[str, nn.Parameter]) -> bool:
+def _partitioned(params: list[nn.Parameter]) -> bool:
     """Whether DeepSpeed ZeRO-3 partitioned any parameter (its real shape then lives in ``ds_shape``)."""
-    return any(map(contains, map(vars, params.values()), repeat("ds_numel")))  # no Python frame per tensor
+    return any(map(contains, map(vars, params), repeat("ds_numel")))  # no Python frame per tensor

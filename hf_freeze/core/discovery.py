@@ -74,8 +74,7 @@ def find_pretrained(model: nn.Module, index: ModelIndex) -> tuple[str, nn.Module
     Wrappers that forward attribute access (PEFT's ``PeftModel``) are looked through: only a class
     that itself defines ``base_model_prefix`` counts.
     """
-    # Ask each class once, not each of (maybe 100k) modules; most models hold a few dozen classes.
-    kinds = {kind for kind in set(map(type, index.module_objects)) if hasattr(kind, "base_model_prefix")}
+    kinds = {kind for kind in set(index.module_types) if hasattr(kind, "base_model_prefix")}
     if kinds:
         for path, module in zip(index.module_paths, index.module_objects):
             if type(module) in kinds and hasattr(module, "config"):

@@ -93,8 +93,8 @@ def _candidate_stacks(
     found: list[tuple[str, nn.Module]] = []
     inside = root_path + "." if root_path else ""
     taken = None  # prefix of the last stack found: the index is in tree order, its blocks follow it
-    for path, module in zip(index.module_paths, index.module_objects):
-        if not isinstance(module, kinds) or not path.startswith(inside) or path == root_path:
+    for path, module in index.modules_of(kinds):
+        if not path.startswith(inside) or path == root_path:
             continue
         if taken is not None and path.startswith(taken):
             continue
@@ -142,8 +142,8 @@ def named_stack_candidates(index: ModelIndex) -> list[str]:
     explicit naming."""
     seen: set[int] = set()
     found = []
-    for path, module in zip(index.module_paths, index.module_objects):
-        if path and isinstance(module, STACK_CONTAINERS) and len(module) and id(module) not in seen:
+    for path, module in index.modules_of(STACK_CONTAINERS):
+        if path and len(module) and id(module) not in seen:
             seen.add(id(module))
             found.append(path)
     return found

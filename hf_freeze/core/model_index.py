@@ -26,13 +26,13 @@ class ModelIndex:
     use, since applying a plan needs only the lists. Unpacks as ``modules, params, ties``.
     """
 
-    __slots__ = ("_module_lists", "_param_lists", "_modules", "_params", "ties")
+    __slots__ = ("_module_lists", "_param_lists", "_modules", "_params", "_types", "ties")
 
     def __init__(
         self, modules: dict[str, nn.Module], params: dict[str, nn.Parameter], ties: dict[str, list[str]]
     ) -> None:
         self._modules, self._params, self.ties = modules, params, ties
-        self._module_lists = self._param_lists = None
+        self._module_lists = self._param_lists = self._types = None
 
     @classmethod
     def from_lists(
@@ -43,7 +43,7 @@ class ModelIndex:
     ) -> ModelIndex:
         index = cls.__new__(cls)
         index._module_lists, index._param_lists, index.ties = module_lists, param_lists, ties
-        index._modules = index._params = None
+        index._modules = index._params = index._types = None
         return index
 
     @property
@@ -73,6 +73,30 @@ class ModelIndex:
     @property
     def param_tensors(self) -> list[nn.Parameter]:
         return self._lists("_param_lists", self._params)[1]
+
+    @property
+    def module_types(self) -> list[type]:
+        """The class of each module (in the order of ``module_objects``)."""
+        if self._types is None:
+            self._types = list(map(type, self.module_objects))
+        return self._types
+
+    def modules_of(self, kinds: type | tuple[type, ...]) -> list[tuple[str, nn.Module]]:
+        """``(path, module)`` of the modules that are instances of ``kinds``, in tree order. A model holds
+        a few dozen classes: each is asked once, and ``list.index`` finds their modules without a Python
+        step per module."""
+        types = self.module_types
+        found: list[int] = []
+        for kind in {kind for kind in set(types) if issubclass(kind, kinds)}:
+            position = types.index(kind)
+            while True:
+                found.append(position)
+                try:
+                    position = types.index(kind, position + 1)
+                except ValueError:
+                    break
+        paths, objects = self.module_paths, self.module_objects
+        return [(paths[i], objects[i]) for i in sorted(found)]
 
     def _lists(self, slot: str, mapping: dict) -> tuple[list, list]:
         lists = getattr(self, slot)

@@ -25,17 +25,8 @@ def has_running_stats(module: nn.Module) -> bool:
 
 
 def running_stats_modules(index: ModelIndex) -> dict[str, nn.Module]:
-    """The modules of a walk's ``index`` that :func:`has_running_stats`, by path. Most models have none,
-    and asking each class once finds that without a Python step per module."""
-    objects = index.module_objects
-    norm_types = {kind for kind in set(map(type, objects)) if issubclass(kind, _NormBase)}
-    if not norm_types:
-        return {}
-    return {
-        path: module
-        for path, module in zip(index.module_paths, objects)
-        if type(module) in norm_types and module.track_running_stats
-    }
+    """The modules of a walk's ``index`` that :func:`has_running_stats`, by path."""
+    return {path: module for path, module in index.modules_of(_NormBase) if module.track_running_stats}
 
 
 def _stay_in_eval(module: nn.Module, args) -> None:

@@ -16,6 +16,7 @@ Membership is worked out per module, not per parameter: a model has far fewer mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice, repeat
 
 from torch import nn
 
@@ -133,8 +134,10 @@ def discover(
     structure.places = where
     canonical = index.names() if ties else None
     head, embeddings, tied = structure.head_params, structure.embedding_names, structure.tied_locations
+    interiors = _block_interiors(paths, roots) if canonical is None else {}
     missing = object()
-    for path, module in zip(paths, objects):
+    modules = zip(paths, objects)
+    for path, module in modules:
         parent = where[path.rpartition(".")[0]] if path else None
         root = roots.get(path, missing)
         if root is missing:
@@ -151,6 +154,11 @@ def discover(
             place = EMBEDDING
         where[path] = place
         if type(place) is tuple and canonical is None:
+            span = interiors.get(path) if root is not missing else None
+            if span is not None:  # a layer block: every module inside it takes its place, in one step
+                start, end = span
+                where.update(zip(paths[start:end], repeat(place)))
+                next(islice(modules, end - start, end - start), None)
             continue
         own = module._parameters
         if not own:
@@ -168,6 +176,25 @@ def discover(
             elif place is EMBEDDING or "embed" in leaf.lower() or isinstance(module, nn.Embedding):
                 embeddings.add(name)
     return structure
+
+
+def _block_interiors(paths: list[str], roots: dict[str, Place]) -> dict[str, tuple[int, int]]:
+    """Layer blocks whose modules fill the walk's order up to the next block, with no other root among
+    them: block path -> (start, end) positions of the modules inside it. A stack holds its blocks in
+    order, so the next block's position ends the run; the checks run in C, not per module in Python."""
+    blocks = [path for path, place in roots.items() if type(place) is tuple]
+    interiors: dict[str, tuple[int, int]] = {}
+    position = -1
+    for block, following in zip(blocks, blocks[1:]):
+        try:
+            position = paths.index(block, position + 1)
+            end = paths.index(following, position + 1)
+        except ValueError:
+            break
+        inside = paths[position + 1 : end]
+        if roots.keys().isdisjoint(inside) and all(map(str.startswith, inside, repeat(block + "."))):
+            interiors[block] = (position + 1, end)
+    return interiors
 
 
 def _module_at(index: ModelIndex, path: str) -> nn.Module | None:

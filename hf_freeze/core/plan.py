@@ -30,7 +30,6 @@ from .rules import AppliedRule, Rule
 
 PLAN_FILE = "freeze_plan.json"
 _NAME, _SHAPE, _TRAINABLE = attrgetter("name"), attrgetter("shape"), attrgetter("trainable")
-_REQUIRES_GRAD = attrgetter("requires_grad")
 
 
 @dataclass
@@ -126,11 +125,9 @@ class FreezePlan:
             ):
                 self.check_fits(model, index.params)
                 tensors = [index.params[d.name] for d in decisions]
-            wanted = list(map(_TRAINABLE, decisions))
-            if list(map(_REQUIRES_GRAD, tensors)) != wanted:  # set only what changes (re-applying is cheap)
-                for trainable, param in zip(wanted, tensors):
-                    if param.requires_grad != trainable:
-                        param.requires_grad_(trainable)
+            # Setting a flag costs less than reading it first (both go through torch's Python bindings).
+            for trainable, param in zip(map(_TRAINABLE, decisions), tensors):
+                param.requires_grad_(trainable)
             freeze_norm_statistics(model, self.frozen_norms, index)
         return model
 

@@ -120,8 +120,8 @@ def walk_model(model: nn.Module) -> ModelIndex:
     """The one walk over the module tree that resolving (and applying) a plan makes.
 
     Orders and canonical names are those of ``named_modules(remove_duplicate=False)`` and
-    ``named_parameters()``; walking ``_modules``/``_parameters`` directly into lists is about three
-    times as fast as torch's generators, which matters for models with 100k parameter tensors.
+    ``named_parameters()``; walking ``_modules``/``_parameters`` directly into lists is more than twice
+    as fast as torch's generators, which matters for models with 100k parameter tensors.
     """
     paths: list[str] = []
     objects: list[nn.Module] = []

@@ -10,7 +10,8 @@ time of resolving, a profile lists the hf_freeze functions it spends its time in
 small linears (100,000 tensors), half the blocks frozen, against one bare ``list(model.named_parameters())``
 pass, side by side in one process. Each round times both (alternating which goes first, after a
 ``gc.collect()`` so neither pays for the other's garbage) and prints the ratio; the median and the
-spread over the rounds come last. Target: at most 2.5x.
+spread over the rounds come last, then a profile of one more resolve + apply (``--profile 0``: none).
+Target: at most 2.5x.
 
 Usage:
     .venv/bin/python benchmarks/bench_resolve.py                 # 100k tensors, 3 repeats
@@ -66,11 +67,9 @@ class WideModel(nn.Module):
         self.layers = nn.ModuleList(WideBlock() for _ in range(blocks))
 
 
-def ratio_rounds(blocks: int, rounds: int) -> list[float]:
-    """Per round: seconds of resolve + apply over seconds of one ``list(model.named_parameters())``."""
-    with torch.device("meta"):
-        model = WideModel(blocks)
-    spec = FreezeSpec(freeze_layers=f":{blocks // 2}")
+def ratio_rounds(model: WideModel, spec: FreezeSpec, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Per round: the ratio of resolve + apply seconds to one ``list(model.named_parameters())``, and both
+    times."""
 
     def resolve_and_apply() -> None:
         spec.resolve(model).apply(model)
@@ -78,7 +77,7 @@ def ratio_rounds(blocks: int, rounds: int) -> list[float]:
     def bare() -> None:
         list(model.named_parameters())
 
-    ratios = []
+    ratios, bare_seconds, plan_seconds = [], [], []
     for r in range(rounds):
         seconds = {}
         for fn in (bare, resolve_and_apply) if r % 2 == 0 else (resolve_and_apply, bare):
@@ -87,11 +86,23 @@ def ratio_rounds(blocks: int, rounds: int) -> list[float]:
             fn()
             seconds[fn] = time.perf_counter() - start
         ratios.append(seconds[resolve_and_apply] / seconds[bare])
+        bare_seconds.append(seconds[bare])
+        plan_seconds.append(seconds[resolve_and_apply])
         print(
             f"round {r + 1}: bare walk {seconds[bare]:.3f} s, resolve + apply {seconds[resolve_and_apply]:.3f} s, "
             f"ratio {ratios[-1]:.2f}x"
         )
-    return ratios
+    return ratios, bare_seconds, plan_seconds
+
+
+def profile_ratio_model(model: WideModel, spec: FreezeSpec, count: int) -> None:
+    """Where resolve + apply of the ``--ratio`` model spends its time (one extra call, under cProfile)."""
+    profile = cProfile.Profile()
+    profile.runcall(lambda: spec.resolve(model).apply(model))
+    stream = io.StringIO()
+    pstats.Stats(profile, stream=stream).sort_stats("tottime").print_stats(r"hf_freeze", count)
+    print("\nWhere resolve + apply spends its time (cProfile, own time; profiling slows it down):")
+    print("\n".join(line for line in stream.getvalue().splitlines() if "hf_freeze" in line or "ncalls" in line))
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -109,7 +120,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=25_000, help="blocks of 4 tensors each (default 25000)")
     parser.add_argument("--repeats", type=int, default=3, help="calls per measurement (median)")
-    parser.add_argument("--profile", type=int, default=12, help="list this many hf_freeze functions (0: none)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=12,
+        help="list this many hf_freeze functions (0: none); with --ratio, profiled after the timed rounds",
+    )
     parser.add_argument(
         "--ratio",
         type=int,
@@ -119,12 +135,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.ratio:
-        ratios = ratio_rounds(2_000, args.ratio)
+        with torch.device("meta"):
+            wide = WideModel(2_000)
+        half = FreezeSpec(freeze_layers=":1000")
+        ratios, bare_seconds, plan_seconds = ratio_rounds(wide, half, args.ratio)
+        median = statistics.median(ratios)
         print(
-            f"resolve + apply / list(model.named_parameters()): median {statistics.median(ratios):.2f}x "
-            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x over {len(ratios)} rounds; target <= 2.5x; "
-            f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.2f})"
+            f"resolve + apply / list(model.named_parameters()): median {median:.2f}x, "
+            f"spread {min(ratios):.2f}x-{max(ratios):.2f}x over {len(ratios)} rounds "
+            f"(target <= 2.5x: {'met' if median <= 2.5 else 'not met'})\n"
+            f"median seconds: bare walk {statistics.median(bare_seconds):.3f}, "
+            f"resolve + apply {statistics.median(plan_seconds):.3f}; "
+            f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.2f}"
         )
+        if args.profile:
+            profile_ratio_model(wide, half, args.profile)
         return
 
     with torch.device("meta"):

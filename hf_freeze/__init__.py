@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 # core needs torch only to resolve a plan, the Trainer side and the parser need transformers.
 _LAZY = {
     "FreezePlan": "core.plan",
-    "ParamDecision": "core.plan",
+    "ParamDecision": "core.param_decision",
     "PLAN_FILE": "core.plan",
     "FreezeSpec": "core.spec",
     "freeze_model": "core.api",
@@ -38,7 +38,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from .core.api import freeze_model
     from .core.matching import compile_pattern, matches
-    from .core.plan import PLAN_FILE, FreezePlan, ParamDecision
+    from .core.param_decision import ParamDecision
+    from .core.plan import PLAN_FILE, FreezePlan
     from .core.spec import FreezeSpec
     from .parsing import FreezingArgumentParser
     from .training.arguments import FreezingTrainingArguments

@@ -8,9 +8,13 @@ frozen norm layer back into eval mode right before it runs, whatever ``train()``
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+
+if TYPE_CHECKING:
+    from .model_index import ModelIndex
 
 _HANDLE = "_hf_freeze_norm_stats_handle"
 
@@ -20,19 +24,22 @@ def has_running_stats(module: nn.Module) -> bool:
     return isinstance(module, _NormBase) and bool(module.track_running_stats)
 
 
+def running_stats_modules(index: ModelIndex) -> dict[str, nn.Module]:
+    """The modules of a walk's ``index`` that :func:`has_running_stats`, by path."""
+    return {path: module for path, module in index.modules_of(_NormBase) if module.track_running_stats}
+
+
 def _stay_in_eval(module: nn.Module, args) -> None:
     module.training = False
 
 
-def freeze_norm_statistics(model: nn.Module, names: Iterable[str], modules: dict[str, nn.Module]) -> None:
+def freeze_norm_statistics(model: nn.Module, names: Iterable[str], index: ModelIndex) -> None:
     """Hook exactly the norm modules named in ``names``; release every other one hooked before.
 
-    ``modules`` maps module paths to modules (``discovery.walk_model``), walked once by the caller.
+    ``index`` is the caller's walk of ``model`` (:func:`~hf_freeze.core.model_index.walk_model`).
     """
     wanted = set(names)
-    for name, module in modules.items():
-        if not has_running_stats(module):
-            continue
+    for name, module in running_stats_modules(index).items():
         handle = module.__dict__.get(_HANDLE)
         if name in wanted and handle is None:
             module.__dict__[_HANDLE] = module.register_forward_pre_hook(_stay_in_eval)

@@ -10,41 +10,26 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
 from typing import Any
 
 from torch import nn
 
 from ..errors import PlanMismatchError
-from .discovery import ModelIndex, paused_gc, walk_model
+from .model_index import ModelIndex, paused_gc, walk_model
 from .norm_stats import freeze_norm_statistics, frozen_norms
+from .param_decision import (
+    DECISION_FIELDS,
+    GROUP_EMBEDDINGS,
+    GROUP_HEAD,
+    GROUP_OTHER,
+    ParamDecision,
+    param_shape,
+)
 from .rules import AppliedRule, Rule
 
 PLAN_FILE = "freeze_plan.json"
-GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER = "embeddings", "head", "other"
-
-
-@dataclass(slots=True)
-class ParamDecision:
-    """One parameter: its name, shape, size, whether it trains and the rule that decided it.
-
-    ``rule`` is an :class:`AppliedRule` (compare ``rule.kind`` and ``rule.pattern``; its text is for
-    reports and JSON). ``stack``/``layer`` locate layer parameters (a layer is ``(stack, layer)``);
-    ``group`` is a display label: ``"embeddings"``, ``"head"``, ``"other"`` or ``"<stack>.<layer>"``,
-    never to be parsed. ``aliases`` lists the other names of a tied tensor.
-    """
-
-    name: str
-    shape: list[int]
-    numel: int
-    trainable: bool
-    rule: AppliedRule
-    group: str
-    stack: str | None = None
-    layer: int | None = None
-    aliases: list[str] = field(default_factory=list)
-
-
-_DECISION_FIELDS = tuple(f.name for f in fields(ParamDecision))
+_NAME, _SHAPE, _TRAINABLE = attrgetter("name"), attrgetter("shape"), attrgetter("trainable")
 
 
 @dataclass
@@ -103,10 +88,10 @@ class FreezePlan:
         """Raise :class:`PlanMismatchError` naming what differs when ``model`` is not the planned one."""
         params = params if params is not None else dict(model.named_parameters())
         if len(params) == len(self.params) and all(
-            (param := params.get(d.name)) is not None and _shape(param) == d.shape for d in self.params
+            (param := params.get(d.name)) is not None and param_shape(param) == d.shape for d in self.params
         ):
             return
-        actual = {name: _shape(param) for name, param in params.items()}
+        actual = {name: param_shape(param) for name, param in params.items()}
         planned = {p.name: p.shape for p in self.params}
         missing = sorted(set(planned) - set(actual))
         extra = sorted(set(actual) - set(planned))
@@ -132,17 +117,18 @@ class FreezePlan:
         module tree once.
         """
         with paused_gc():
-            modules, params, _ = walk_model(model)
-            # The plan lists parameters in the walk's order: pair them up, and look names up only if that fails.
-            pairs = list(zip(self.params, params.items()))
-            if len(params) != len(self.params) or not all(
-                d.name == name and d.shape == list(param.shape) for d, (name, param) in pairs
+            index = walk_model(model)
+            decisions, tensors = self.params, index.param_tensors
+            # The plan lists parameters in the walk's order: compare in bulk, look names up only if that fails.
+            if index.param_names != list(map(_NAME, decisions)) or list(map(list, map(_SHAPE, tensors))) != list(
+                map(_SHAPE, decisions)
             ):
-                self.check_fits(model, params)
-                pairs = [(d, (d.name, params[d.name])) for d in self.params]
-            for decision, (_, param) in pairs:
-                param.requires_grad_(decision.trainable)
-            freeze_norm_statistics(model, self.frozen_norms, modules)
+                self.check_fits(model, index.params)
+                tensors = [index.params[d.name] for d in decisions]
+            # Setting a flag costs less than reading it first (both go through torch's Python bindings).
+            for trainable, param in zip(map(_TRAINABLE, decisions), tensors):
+                param.requires_grad_(trainable)
+            freeze_norm_statistics(model, self.frozen_norms, index)
         return model
 
     def with_trainable(self, names: list[str], rule: AppliedRule | Rule | str = Rule.UNFREEZE_STRATEGY) -> FreezePlan:
@@ -221,7 +207,7 @@ class FreezePlan:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
         data = json.loads(json.dumps(data))  # a deep, JSON-safe copy of the small fields
         # asdict() is 10x slower; the rule is written as its text ("freeze:layer\\.1")
-        data["params"] = [{f: getattr(p, f) for f in _DECISION_FIELDS} for p in self.params]
+        data["params"] = [{f: getattr(p, f) for f in DECISION_FIELDS} for p in self.params]
         for row in data["params"]:
             row["rule"] = str(row["rule"])
         data["plan_hash"] = self.plan_hash
@@ -293,13 +279,3 @@ class FreezePlan:
                 "truncated or was edited. Restore it from the run that wrote it, or delete it and resolve the plan "
                 "again."
             ) from None
-
-
-def _shape(param) -> list[int]:
-    # DeepSpeed ZeRO-3 partitions parameters: their real shape lives in ds_shape. (A __dict__ lookup:
-    # getattr with a default raises and catches internally, which costs seconds on 100k tensors.)
-    return list(param.__dict__.get("ds_shape") or param.shape)
-
-
-def _numel(param) -> int:
-    return int(param.__dict__.get("ds_numel") or param.numel())

@@ -10,7 +10,7 @@ head from them but never trains a head parameter that arrived frozen (a PEFT bas
 PEFT froze). Only an ``unfreeze`` pattern makes an arrived-frozen parameter trainable, and under
 PEFT only where the adapter saves it (:func:`~hf_freeze.core.adapters.check_saved`).
 
-The module tree is walked once (:func:`~hf_freeze.core.discovery.walk_model`); everything else reads
+The module tree is walked once (:func:`~hf_freeze.core.model_index.walk_model`); everything else reads
 that index. The options come in as any object with the attributes of :class:`FreezeOptions`
 (``FreezeSpec`` is one), so this module does not import the spec.
 """
@@ -18,6 +18,8 @@ that index. The options come in as any object with the attributes of :class:`Fre
 from __future__ import annotations
 
 import logging
+from itertools import repeat
+from operator import attrgetter, contains
 from typing import Any, Protocol
 
 from torch import nn
@@ -30,24 +32,22 @@ from ..errors import (
     TiedWeightsConflictError,
 )
 from .adapters import check_saved
-from .discovery import (
-    LayerStack,
-    ModelIndex,
-    ModelStructure,
-    discover,
-    find_layer_stacks,
-    named_stack_candidates,
-    paused_gc,
-    stack_from_path,
-    walk_model,
-)
+from .discovery import ModelStructure, Place, discover, model_roots
 from .layer_selection import LayerSelection
+from .layer_stacks import LayerStack, find_layer_stacks, named_stack_candidates, stack_from_path
 from .matching import closest_names, compile_pattern, matches
-from .norm_stats import frozen_norms, has_running_stats
-from .plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER, FreezePlan, ParamDecision, _numel, _shape
+from .model_index import ModelIndex, paused_gc, walk_model
+from .norm_stats import frozen_norms, running_stats_modules
+from .param_decision import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER, ParamDecision, param_numel, param_shape
+from .plan import FreezePlan
 from .rules import AppliedRule, Rule
 
 logger = logging.getLogger("hf_freeze")
+
+# The rules that decide without a pattern (one object each; a plan's records share them).
+_ARRIVED, _BY_EMBEDDINGS = AppliedRule(Rule.REQUIRES_GRAD), AppliedRule(Rule.FREEZE_EMBEDDINGS)
+_BY_LAYERS, _BY_HEAD = AppliedRule(Rule.FREEZE_LAYERS), AppliedRule(Rule.TRAIN_HEAD)
+_MISSING = object()
 
 
 class FreezeOptions(Protocol):
@@ -75,7 +75,7 @@ def _select_stacks(spec: FreezeOptions, model: nn.Module, index: ModelIndex) -> 
     if spec.layer_stack is None:
         return None
     compiled = compile_pattern(spec.layer_stack, "layer_stack")
-    candidates = named_stack_candidates(model, index.modules)
+    candidates = named_stack_candidates(index)
     chosen = [p for p in candidates if matches(compiled, p)]
     chosen = [p for p in chosen if not any(p != q and p.startswith(q + ".") for q in chosen)]
     if not chosen:
@@ -83,8 +83,10 @@ def _select_stacks(spec: FreezeOptions, model: nn.Module, index: ModelIndex) -> 
             f"`layer_stack`={spec.layer_stack!r} matches no nn.ModuleList or nn.Sequential of "
             f"{type(model).__name__}. Candidates: {candidates[:10]}."
         )
-    found = {s.path: s for s in find_layer_stacks(model, index)}  # keeps what discovery knows (shared layers)
-    return [found.get(p) or stack_from_path(model, p, index.modules) for p in chosen]
+    _, pretrained, base_path = model_roots(model, index)
+    found = find_layer_stacks(index, getattr(pretrained, "config", None), base_path)
+    detected = {s.path: s for s in found}  # keeps what discovery knows (shared layers)
+    return [detected.get(p) or stack_from_path(index.modules, p) for p in chosen]
 
 
 def _frozen_layers(
@@ -94,7 +96,7 @@ def _frozen_layers(
     if selection is None:
         return {}
     if not structure.stacks:
-        hint = named_stack_candidates(model, structure.modules)[:5]
+        hint = named_stack_candidates(structure.index)[:5]
         raise LayerStackNotFoundError(
             f"`freeze_layers`={selection.text!r}: no layer stack found in {type(model).__name__}. Name one "
             f"with `layer_stack` (a pattern over module paths), e.g. one of {hint}."
@@ -127,33 +129,34 @@ def resolve_plan(spec: FreezeOptions, model: nn.Module) -> FreezePlan:
     with paused_gc():
         index = walk_model(model)
         structure = discover(model, _select_stacks(spec, model, index), index)
-        return _decide(spec, model, structure)
+        return _decide(spec, model, structure, index)
 
 
 def _pattern_overrides(
     spec: FreezeOptions, model: nn.Module, structure: ModelStructure
 ) -> tuple[dict[str, tuple[bool, AppliedRule]], dict[str, dict[str, int]]]:
     """What the ``freeze`` then ``unfreeze`` patterns decide (name -> (trainable, rule)), and their hit counts."""
-    params, ties = structure.params, structure.ties
+    names, ties = structure.index.param_names, structure.ties
     decided: dict[str, tuple[bool, AppliedRule]] = {}
     hits: dict[str, dict[str, int]] = {"freeze": {}, "unfreeze": {}}
     for kind, value in ((Rule.FREEZE, False), (Rule.UNFREEZE, True)):
         option = kind.value
         for pattern in getattr(spec, option):
             search = compile_pattern(pattern, option).search
-            hit = [name for name in params if search(name)]
+            hit = [name for name in names if search(name)]
             if ties:
                 matched = set(hit)
                 hit += [n for n, others in ties.items() if n not in matched and any(search(a) for a in others)]
             verdict = (value, AppliedRule(kind, pattern))
             # A freeze pattern over an arrived-frozen parameter decides nothing (it stays "requires_grad"),
             # so gradual unfreezing, which brings back what the rules froze, never reaches it.
+            params = structure.index.params  # a dict only when a pattern is set
             decided.update((name, verdict) for name in hit if value or params[name].requires_grad)
             hits[option][pattern] = len(hit)
             if not hit:
                 message = (
                     f"`{option}` pattern {pattern!r} matched no parameter of {type(model).__name__}. Patterns "
-                    f"match whole dot-separated segments; closest names: {closest_names(pattern, params)}."
+                    f"match whole dot-separated segments; closest names: {closest_names(pattern, names)}."
                 )
                 if spec.freeze_strict:
                     raise PatternNotFoundError(message + " Fix the pattern or set freeze_strict=False.")
@@ -161,29 +164,27 @@ def _pattern_overrides(
     return decided, hits
 
 
-def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) -> FreezePlan:
+def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure, index: ModelIndex) -> FreezePlan:
     frozen_layers = _frozen_layers(spec.layer_selection, structure, model)
-    params, ties, locations = structure.params, structure.ties, structure.locations
+    head, ties = structure.head_params, structure.ties
     embeddings = structure.embedding_names if spec.freeze_embeddings else set()
-    initial, by_embeddings = AppliedRule(Rule.REQUIRES_GRAD), AppliedRule(Rule.FREEZE_EMBEDDINGS)
-    by_layers, by_head = AppliedRule(Rule.FREEZE_LAYERS), AppliedRule(Rule.TRAIN_HEAD)
 
     def shortcut(name: str, param: nn.Parameter) -> tuple[bool, AppliedRule]:
         """What the model brought and the shortcuts (``freeze_layers`` outranks ``freeze_embeddings``) say."""
         if not param.requires_grad:
-            return False, initial
-        where = locations.get(name)
+            return False, _ARRIVED
+        where = structure.location(name)
         if where is not None and where[1] in frozen_layers.get(where[0].path, ()):
-            return False, by_layers
+            return False, _BY_LAYERS
         if name in embeddings:
-            return False, by_embeddings
-        return True, initial
+            return False, _BY_EMBEDDINGS
+        return True, _ARRIVED
 
     decided, hits = _pattern_overrides(spec, model, structure)
     if spec.train_head:
         # Protects the head from this plan's freezing rules; what arrived frozen only `unfreeze` trains.
-        for name in sorted(n for n in structure.head_names if params[n].requires_grad):
-            trainable, rule = decided.get(name) or shortcut(name, params[name])
+        for name in sorted(n for n, param in head.items() if param.requires_grad):
+            trainable, rule = decided.get(name) or shortcut(name, head[name])
             if name in ties and not trainable and rule.kind is not Rule.REQUIRES_GRAD:
                 tied = [name, *ties[name]]
                 raise TiedWeightsConflictError(
@@ -192,52 +193,10 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
                     f"it to `unfreeze` (train both), set `train_head`=False (freeze both), or untie the weights "
                     f"(config.tie_word_embeddings=False)."
                 )
-            decided[name] = (True, by_head)
+            decided[name] = (True, _BY_HEAD)
 
-    zero3 = any("ds_numel" in p.__dict__ for p in params.values())  # DeepSpeed partitioned the model
-    # Per layer (discovery shares one (stack, index) tuple per block): stack path, index, label, frozen.
-    layers: dict[int, tuple[str, int, str, bool]] = {}
-    head_names, embedding_names = structure.head_names, structure.embedding_names
-    decisions = []
-    append = decisions.append
-    for name, param in params.items():  # shortcut() inlined: this loop runs once per tensor
-        where = locations.get(name)
-        if where is not None:
-            layer_info = layers.get(id(where))
-            if layer_info is None:
-                path, index = where[0].path, where[1]
-                layer_info = layers[id(where)] = (path, index, f"{path}.{index}", index in frozen_layers.get(path, ()))
-            stack, layer, group, layer_frozen = layer_info
-        else:
-            stack = layer = None
-            layer_frozen = False
-            group = GROUP_EMBEDDINGS if name in embedding_names else GROUP_HEAD if name in head_names else GROUP_OTHER
-        verdict = decided.get(name)
-        if verdict is not None:
-            trainable, rule = verdict
-        elif not param.requires_grad:
-            trainable, rule = False, initial
-        elif layer_frozen:
-            trainable, rule = False, by_layers
-        elif name in embeddings:
-            trainable, rule = False, by_embeddings
-        else:
-            trainable, rule = True, initial
-        append(
-            ParamDecision(
-                name,
-                _shape(param) if zero3 else list(param.shape),
-                _numel(param) if zero3 else param.numel(),
-                trainable,
-                rule,
-                group,
-                stack,
-                layer,
-                list(ties.get(name, ())),
-            )
-        )
-
-    if not any(d.trainable for d in decisions):
+    decisions = _decisions(structure, frozen_layers, decided, embeddings)
+    if not any(map(attrgetter("trainable"), decisions)):
         rules = sorted({str(d.rule) for d in decisions})
         raise NoTrainableParametersError(
             f"The freeze plan leaves no trainable parameter in {type(model).__name__} (decided by {rules}). "
@@ -246,9 +205,9 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
         )
     if spec.freezes_anything:
         check_saved(model, (d.name for d in decisions if d.trainable))  # read only for a PEFT model
-    norms = [path for path, module in structure.modules.items() if has_running_stats(module)]
-    if spec.freeze_norm_stats and norms:
-        names = ModelIndex(structure.modules, params, ties).names()
+    norms = list(running_stats_modules(index)) if spec.freeze_norm_stats else []
+    if norms:
+        names = index.names()
         fixed = frozen_norms(norms, names, {d.name: d.trainable for d in decisions})
     else:
         fixed = []
@@ -257,7 +216,78 @@ def _decide(spec: FreezeOptions, model: nn.Module, structure: ModelStructure) ->
         spec=spec.to_dict(),
         params=decisions,
         pattern_hits=hits,
-        ties=[[name, *ties[name]] for name in params if name in ties] if ties else [],
+        ties=[[name, *ties[name]] for name in structure.index.param_names if name in ties] if ties else [],
         stacks=[{"path": s.path, "num_blocks": s.num_blocks, "num_layers": s.num_layers} for s in structure.stacks],
         frozen_norms=fixed,
     )
+
+
+# The layer of a module's parameters, as the plan records it: stack path, block index, group label,
+# frozen; None for a module outside the layers.
+_LayerInfo = tuple[str, int, str, bool] | None
+
+
+def _decisions(
+    structure: ModelStructure,
+    frozen_layers: dict[str, set[int]],
+    decided: dict[str, tuple[bool, AppliedRule]],
+    embeddings: set[str],
+) -> list[ParamDecision]:
+    """One record per parameter, in the walk's order. This loop runs once per tensor (100k for a large
+    model), so what can be worked out once per place (a layer block, the head, ...) or per shape is, and
+    the shortcuts are inlined."""
+    index, ties, places, tied = structure.index, structure.ties, structure.places, structure.tied_locations
+    head_names, embedding_names = structure.head_params, structure.embedding_names
+    by_place: dict[int, _LayerInfo] = {}  # id of a place -> its layer info; discovery shares one place per block
+
+    def layer_info(place: Place) -> _LayerInfo:
+        if type(place) is not tuple:
+            return None
+        path, block = place[0].path, place[1]
+        return (path, block, f"{path}.{block}", block in frozen_layers.get(path, ()))
+
+    # Shape -> (its list, numel): tensors of one shape share them (a model has a few dozen shapes).
+    by_size: dict[tuple[int, ...], tuple[list[int], int]] = {}
+    zero3 = _partitioned(index.param_tensors)
+    decisions = []
+    append = decisions.append
+    for name, param in zip(index.param_names, index.param_tensors):
+        place = places[name.rpartition(".")[0]]
+        info = by_place.get(id(place), _MISSING)
+        if info is _MISSING:
+            info = by_place[id(place)] = layer_info(place)
+        if info is None and tied and name in tied:
+            info = layer_info(tied[name])
+        if info is not None:
+            stack, layer, group, layer_frozen = info
+        else:
+            stack = layer = None
+            layer_frozen = False
+            group = GROUP_EMBEDDINGS if name in embedding_names else GROUP_HEAD if name in head_names else GROUP_OTHER
+        verdict = decided.get(name) if decided else None
+        if verdict is not None:
+            trainable, rule = verdict
+        elif not param.requires_grad:
+            trainable, rule = False, _ARRIVED
+        elif layer_frozen:
+            trainable, rule = False, _BY_LAYERS
+        elif embeddings and name in embeddings:
+            trainable, rule = False, _BY_EMBEDDINGS
+        else:
+            trainable, rule = True, _ARRIVED
+        if zero3:
+            shape, numel = param_shape(param), param_numel(param)
+        else:
+            size = param.shape
+            known = by_size.get(size)
+            if known is None:
+                known = by_size[size] = (list(size), param.numel())
+            shape, numel = known
+        aliases = list(ties[name]) if ties and name in ties else []
+        append(ParamDecision(name, shape, numel, trainable, rule, group, stack, layer, aliases))
+    return decisions
+
+
+def _partitioned(params: list[nn.Parameter]) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitioned any parameter (its real shape then lives in ``ds_shape``)."""
+    return any(map(contains, map(vars, params), repeat("ds_numel")))  # no Python frame per tensor

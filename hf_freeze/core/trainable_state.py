@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .discovery import walk_model
 from .fingerprint import Fingerprint, fingerprint_tensors
+from .model_index import walk_model
 from .norm_stats import has_running_stats
 from .plan import FreezePlan
 

@@ -1,18 +1,13 @@
 """Found by the long run (benchmarks/long_run.py, docs/reliability.md): a FreezingTrainer with gradual
 unfreezing built on a model object that an earlier trainer left at a later unfreezing stage (the same
-model reused, e.g. a notebook that resumes after an interrupted ``train()``) derives fewer events.
-
-Its stage-0 plan is resolved from the model's current ``requires_grad``: a parameter that arrives frozen
-is recorded with the rule ``requires_grad`` even where ``freeze_layers``/``freeze_embeddings`` also select
-it, and ``unfreeze_events`` only unfreezes what the shortcuts froze (so that a PEFT base weight is never
-unfrozen). The resumed run then passes the plan check and silently stops unfreezing. Left to the owners
-of core/resolve.py and the trainer (``training/arguments.resolve_and_apply``); the fix has to keep PEFT
-base weights out of the events.
+model reused, e.g. a notebook that trains again) derived fewer events and silently stopped unfreezing:
+what the earlier plan froze arrived frozen, and a plan never unfreezes what arrives frozen (a PEFT base
+weight). Fixed: ``resolve_and_apply`` first releases what the last applied plan froze by its own rules
+(``core.api.release_applied_plan``); what was frozen before any plan (by hand, by PEFT) stays frozen.
 """
 
 from __future__ import annotations
 
-import pytest
 from tiny_models import TokenData, build
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments
@@ -31,9 +26,30 @@ def test_a_fresh_model_gets_every_event(tmp_path):
     assert events_of(build("bert"), tmp_path) == 5  # layers 3, 2, 1, 0, then the embeddings
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, reported; left to the owners of core/resolve.py and the trainer")
-def test_a_model_left_at_a_later_stage_gets_every_event(tmp_path):
+def test_a_model_left_at_a_later_stage_by_a_trainer_gets_every_event(tmp_path):
     model = build("bert")
-    for name, param in model.named_parameters():  # what a trainer at stage 2 leaves behind
-        param.requires_grad_(not (name.startswith("bert.embeddings") or ".layer.0." in name or ".layer.1." in name))
+    args = FreezingTrainingArguments(
+        str(tmp_path), report_to="none", use_cpu=True, disable_tqdm=True, max_steps=4, save_strategy="no", **OPTIONS
+    )
+    FreezingTrainer(model=model, args=args, train_dataset=TokenData(8)).train()  # events after steps 2 and 4
+    left = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".layer.2." in n for n in left) and not any(".layer.1." in n for n in left)  # left at stage 2
     assert events_of(model, tmp_path) == 5
+
+
+def test_what_arrived_frozen_before_hf_freeze_stays_out_of_the_events(tmp_path):
+    """A layer the user (or PEFT) froze before any plan is not brought back by a later trainer either."""
+    model = build("bert")
+    for name, param in model.named_parameters():
+        if ".layer.0." in name:
+            param.requires_grad_(False)
+    assert events_of(model, tmp_path) == 4  # layers 3, 2, 1, then the embeddings
+    assert events_of(model, tmp_path) == 4  # the same on the model the first trainer froze
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".layer.0." in n)
+
+
+def test_a_manually_frozen_model_is_still_treated_as_arrived_frozen(tmp_path):
+    model = build("bert")
+    for name, param in model.named_parameters():  # frozen by hand, not by a plan: the user's choice
+        param.requires_grad_(not (name.startswith("bert.embeddings") or ".layer.0." in name or ".layer.1." in name))
+    assert events_of(model, tmp_path) == 2  # only layers 3 and 2, which the plan itself froze

@@ -29,6 +29,7 @@ from .param_decision import (
 from .rules import AppliedRule, Rule
 
 PLAN_FILE = "freeze_plan.json"
+APPLIED_PLAN = "_hf_freeze_applied_plan"  # the model attribute that holds the last plan applied to it
 _NAME, _SHAPE, _TRAINABLE = attrgetter("name"), attrgetter("shape"), attrgetter("trainable")
 
 
@@ -127,8 +128,9 @@ class FreezePlan:
                 tensors = [index.params[d.name] for d in decisions]
             # Setting a flag costs less than reading it first (both go through torch's Python bindings).
             for trainable, param in zip(map(_TRAINABLE, decisions), tensors):
-                param.requires_grad_(trainable)
+                param.requires_grad = trainable
             freeze_norm_statistics(model, self.frozen_norms, index)
+        model.__dict__[APPLIED_PLAN] = self  # what hf-freeze froze, for release_applied_plan (core/api.py)
         return model
 
     def with_trainable(self, names: list[str], rule: AppliedRule | Rule | str = Rule.UNFREEZE_STRATEGY) -> FreezePlan:

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainingArguments
 
+from ..core.api import release_applied_plan
 from ..core.plan import FreezePlan
 from ..core.spec import FreezeSpec
 from ..errors import InvalidOptionError
@@ -131,10 +132,12 @@ def resolve_and_apply(model: nn.Module, args: Any) -> FreezePlan | None:
 
     Without a freezing option (or with plain ``TrainingArguments``) the model is not touched: the plan
     is report-only, stating what ``requires_grad`` already says (a PEFT model arrives partly frozen), or
-    None when everything trains.
+    None when everything trains. With options, what an earlier hf-freeze plan froze on this same model
+    object is released first, so the new plan starts from what the model had before hf-freeze touched it.
     """
     spec: FreezeSpec | None = getattr(args, "freeze_spec", None)
     if spec is not None and getattr(args, "freezing_enabled", False):
+        release_applied_plan(model)
         plan = spec.resolve(model)
         plan.trainer_options = args.trainer_plan_options  # saved with the plan, compared on resume
         plan.apply(model)

@@ -204,13 +204,9 @@ def main() -> None:
         trainer = None
         for segment in range(cli.segments):
             stop_at = cli.steps * (segment + 1) // cli.segments
-            # A resume normally starts from a freshly loaded model. This one reuses the model object (so a
-            # leak on it would show) but gives it back a fresh model's flags: FreezingTrainer resolves its
-            # stage-0 plan from the model's current requires_grad, and a parameter that arrives frozen is
-            # recorded as "requires_grad", not "freeze_layers", so gradual unfreezing would skip it (the
-            # resumed run then stops unfreezing; reported in docs/reliability.md).
-            for param in model.parameters():
-                param.requires_grad_(True)
+            # A resume normally starts from a freshly loaded model. This one reuses the model object, with
+            # the flags the previous trainer left (so a leak on it would show, and a plan resolved over an
+            # earlier plan must still reach the last unfreezing stage: "stage" below).
             trainer = FreezingTrainer(
                 model=model,
                 args=args,

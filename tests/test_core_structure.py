@@ -20,16 +20,22 @@ TORCH_WALKS = ("named_modules", "named_parameters", "named_children", "modules",
 
 @pytest.fixture
 def walks(monkeypatch):
-    """Counts walks of the module tree: hf_freeze's own walker and torch's generators (any module)."""
+    """Counts walks of the module tree: hf_freeze's own walkers (``walk_model``, and ``param_tensors`` for
+    applying a plan to the tensors it was resolved from) and torch's generators (any module)."""
     counts = {"walk_model": 0, **{name: 0 for name in TORCH_WALKS}}
-    walk = discovery.walk_model
+    walk, tensors_walk = discovery.walk_model, plan_module.param_tensors
 
     def counted_walk(model):
         counts["walk_model"] += 1
         return walk(model)
 
+    def counted_tensors_walk(model):
+        counts["walk_model"] += 1
+        return tensors_walk(model)
+
     for module in (discovery, resolve_module, plan_module):
         monkeypatch.setattr(module, "walk_model", counted_walk)
+    monkeypatch.setattr(plan_module, "param_tensors", counted_tensors_walk)
     for name in TORCH_WALKS:
         original = getattr(torch.nn.Module, name)
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from tiny_models import build
 
@@ -101,3 +102,24 @@ def test_meta_device_model_resolves_without_memory():
     plan = FreezeSpec(freeze_layers=":1", freeze_embeddings=True).resolve(model)
     assert plan.total_numel == sum(p.numel() for p in model.parameters())
     assert all(d.layer == 0 for d in plan.params if d.rule == "freeze_layers")
+
+
+def test_apply_to_the_resolved_model_with_a_replaced_tensor_checks_the_plan_again():
+    """The fast path of apply (the very tensors the plan was resolved from) does not cover a model whose
+    parameter was replaced since: apply compares names and shapes again and refuses a misfit."""
+    import torch
+    from torch import nn
+
+    from hf_freeze import FreezeSpec
+    from hf_freeze.errors import PlanMismatchError
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    plan = FreezeSpec(freeze=["0"], train_head=False).resolve(model)
+    plan.apply(model)
+    assert [p.requires_grad for p in model.parameters()] == [False, False, True, True]
+    model[1].weight = nn.Parameter(torch.zeros(5, 3))
+    with pytest.raises(PlanMismatchError, match="another shape"):
+        plan.apply(model)
+    model[1].weight = nn.Parameter(torch.zeros(2, 3), requires_grad=False)  # same shape, a new tensor
+    plan.apply(model)
+    assert model[1].weight.requires_grad  # applied through the checked path

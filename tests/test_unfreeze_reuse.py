@@ -53,3 +53,25 @@ def test_a_manually_frozen_model_is_still_treated_as_arrived_frozen(tmp_path):
     for name, param in model.named_parameters():  # frozen by hand, not by a plan: the user's choice
         param.requires_grad_(not (name.startswith("bert.embeddings") or ".layer.0." in name or ".layer.1." in name))
     assert events_of(model, tmp_path) == 2  # only layers 3 and 2, which the plan itself froze
+
+
+def test_release_undoes_the_last_plan_and_its_norm_statistics_hooks():
+    import torch
+    from torch import nn
+
+    from hf_freeze import freeze_model
+    from hf_freeze.core.api import release_applied_plan
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    model[2].weight.requires_grad_(False)  # frozen before any plan: stays frozen
+    plan = freeze_model(model, freeze=["0", "1"], freeze_norm_stats=True, train_head=False)
+    assert plan.frozen_norms == ["1"] and model[1]._forward_pre_hooks
+    released = release_applied_plan(model)
+    assert sorted(released) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["2.weight"]
+    assert not model[1]._forward_pre_hooks  # its running statistics update again in train mode
+    model.train()
+    before = model[1].running_mean.clone()
+    model(torch.randn(4, 3))
+    assert not torch.equal(model[1].running_mean, before)
+    assert release_applied_plan(model) == []  # nothing applied since

@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import nn
 
+from .model_index import walk_model
+from .norm_stats import freeze_norm_statistics
 from .plan import APPLIED_PLAN, FreezePlan
 from .rules import Rule
 from .spec import FreezeSpec
@@ -23,7 +25,8 @@ def freeze_model(model: nn.Module, **options: Any) -> FreezePlan:
 
 
 def release_applied_plan(model: nn.Module) -> list[str]:
-    """Make trainable again what the last plan applied to ``model`` froze by its own rules; return their names.
+    """Make trainable again what the last plan applied to ``model`` froze by its own rules (and let its frozen
+    norm layers' statistics run again); return the names of the parameters released.
 
     Why: a plan treats a parameter that arrives frozen as frozen by the user (a PEFT base weight) and never
     unfreezes it, except by an ``unfreeze`` pattern. A model that hf-freeze itself froze earlier (a model
@@ -39,4 +42,6 @@ def release_applied_plan(model: nn.Module) -> list[str]:
     ]
     for name in released:
         params[name].requires_grad_(True)
+    if plan.frozen_norms:  # their statistics run free again, as before the plan
+        freeze_norm_statistics(model, [], walk_model(model))
     return released

@@ -168,6 +168,32 @@ def walk_model(model: nn.Module) -> ModelIndex:
     return ModelIndex.from_lists((paths, objects), (names, tensors), ties)
 
 
+def param_tensors(model: nn.Module) -> list[nn.Parameter]:
+    """The parameter tensors of ``model`` in :func:`walk_model`'s order (ties once), without their names:
+    what applying a plan to the model it was resolved from needs."""
+    tensors: list[nn.Parameter] = []
+    add = tensors.append
+
+    def visit(module: nn.Module) -> None:
+        for param in module._parameters.values():
+            if param is not None:
+                add(param)
+        for child in module._modules.values():
+            if child is None:
+                continue
+            if child._modules:
+                visit(child)
+                continue
+            for param in child._parameters.values():
+                if param is not None:
+                    add(param)
+
+    visit(model)
+    if len(set(map(id, tensors))) != len(tensors):
+        tensors = list({id(param): param for param in tensors}.values())  # first occurrence, in order
+    return tensors
+
+
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """Pause Python's cyclic GC: records for 100k tensors make it rescan the whole model graph again and

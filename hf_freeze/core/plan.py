@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import PlanMismatchError
-from .model_index import ModelIndex, paused_gc, walk_model
+from .model_index import ModelIndex, param_tensors, paused_gc, walk_model
 from .norm_stats import freeze_norm_statistics, frozen_norms
 from .param_decision import (
     DECISION_FIELDS,
@@ -115,8 +116,12 @@ class FreezePlan:
         """Set ``requires_grad`` per the plan and fix the statistics of frozen norm layers.
 
         Idempotent: applying the same (or an updated) plan again only changes what differs. Walks the
-        module tree once.
+        module tree once. Applied to the model it was resolved from, with the very same parameter tensors
+        (and no norm statistics to fix, now or from the last plan applied), it sets the flags in walk order
+        without comparing names and shapes again: resolving already read them from these tensors.
         """
+        if self._same_tensors(model):
+            return model
         with paused_gc():
             index = walk_model(model)
             decisions, tensors = self.params, index.param_tensors
@@ -132,6 +137,27 @@ class FreezePlan:
             freeze_norm_statistics(model, self.frozen_norms, index)
         model.__dict__[APPLIED_PLAN] = self  # what hf-freeze froze, for release_applied_plan (core/api.py)
         return model
+
+    def remember_source(self, model: nn.Module, tensors: list[nn.Parameter]) -> None:
+        """Called by resolving: which model and tensor objects (by id, in walk order) the plan was made from."""
+        self.__dict__["_source"] = (weakref.ref(model), list(map(id, tensors)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_source"}  # a weak reference does not pickle
+
+    def _same_tensors(self, model: nn.Module) -> bool:
+        """The fast path of :meth:`apply`: set the flags if ``model`` holds exactly the resolved tensors."""
+        source = self.__dict__.get("_source")
+        previous = model.__dict__.get(APPLIED_PLAN)
+        if source is None or source[0]() is not model or self.frozen_norms or getattr(previous, "frozen_norms", None):
+            return False
+        tensors = param_tensors(model)
+        if list(map(id, tensors)) != source[1]:
+            return False
+        for trainable, param in zip(map(_TRAINABLE, self.params), tensors):
+            param.requires_grad = trainable
+        model.__dict__[APPLIED_PLAN] = self
+        return True
 
     def with_trainable(self, names: list[str], rule: AppliedRule | Rule | str = Rule.UNFREEZE_STRATEGY) -> FreezePlan:
         """A copy of the plan where ``names`` train, decided by ``rule`` (gradual unfreezing by default)."""

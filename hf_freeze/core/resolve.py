@@ -129,7 +129,9 @@ def resolve_plan(spec: FreezeOptions, model: nn.Module) -> FreezePlan:
     with paused_gc():
         index = walk_model(model)
         structure = discover(model, _select_stacks(spec, model, index), index)
-        return _decide(spec, model, structure, index)
+        plan = _decide(spec, model, structure, index)
+        plan.remember_source(model, index.param_tensors)
+        return plan
 
 
 def _pattern_overrides(

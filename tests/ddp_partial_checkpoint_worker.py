@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 
@@ -20,6 +19,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from distributed_scripts.worker_end import gather_and_end  # noqa: E402
 from tiny_models import (
     TokenData,  # noqa: E402
     build,  # noqa: E402
@@ -78,16 +78,7 @@ def main() -> None:
         "resumed": digest(resumed_model),
         "step": resumed.state.global_step,
     }
-    gathered = [None, None]
-    dist.all_gather_object(gathered, report)
-    if dist.get_rank() == 0:
-        with open(cli.result, "w", encoding="utf-8") as handle:
-            json.dump(gathered, handle)
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # avoids the exit-time SIGABRT seen with gloo (notes/distributed-cpu.md)
+    gather_and_end(cli.result, report)
 
 
 if __name__ == "__main__":

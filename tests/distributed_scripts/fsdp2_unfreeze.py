@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from worker_end import end_cleanly
 
 
 def main() -> None:
@@ -51,12 +51,7 @@ def main() -> None:
         report.update(ok=False, error=str(err)[:300])
     with open(f"{result}.rank{rank}", "w") as handle:
         json.dump(report, handle)
-    # end cleanly: a rank sometimes aborts at interpreter exit otherwise (notes/distributed-cpu.md)
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_cleanly()
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
+from worker_end import end_cleanly
 
 from hf_freeze.training.late_grad_sync import LateGradSync
 
@@ -121,10 +121,7 @@ def main() -> None:
     path = args.result if args.reference else f"{args.result}.rank{rank}"
     with open(path, "w") as handle:
         json.dump(result, handle)
-    if not args.reference:
-        dist.barrier()
-        dist.destroy_process_group()
-    os._exit(0)
+    end_cleanly()
 
 
 if __name__ == "__main__":

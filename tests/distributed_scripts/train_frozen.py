@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 
@@ -22,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tiny_models import TokenData, build  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
+from worker_end import gather_and_end  # noqa: E402
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
 from hf_freeze.training.unfreezing import GradualUnfreezing  # noqa: E402
@@ -125,17 +125,7 @@ def main() -> None:
         "unfreeze_refused": refused,
         "find_unused_parameters": getattr(trainer.model_wrapped, "find_unused_parameters", None),
     }
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, mine)
-    if dist.get_rank() == 0:
-        with open(options.result, "w") as handle:
-            json.dump(gathered, handle)
-    # end cleanly: a rank sometimes aborts at interpreter exit otherwise (notes/distributed-cpu.md)
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    gather_and_end(options.result, mine)
 
 
 if __name__ == "__main__":

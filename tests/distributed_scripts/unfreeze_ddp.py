@@ -16,12 +16,12 @@ import signal
 import sys
 
 import torch
-import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tiny_models import TEXT, TokenData  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification, TrainerCallback  # noqa: E402
+from worker_end import gather_and_end  # noqa: E402
 
 from hf_freeze import FreezingTrainer, FreezingTrainingArguments  # noqa: E402
 
@@ -132,16 +132,7 @@ def main() -> None:
         with open(options.result, "w") as handle:
             json.dump([mine], handle)
         return
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, mine)
-    if dist.get_rank() == 0:
-        with open(options.result, "w") as handle:
-            json.dump(gathered, handle)
-    dist.barrier()  # end cleanly (notes/distributed-cpu.md)
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    gather_and_end(options.result, mine)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ deleted). It reports:
 - before/after counts: hooks on the model's modules and parameters, live optimizers and trainers,
   param groups of the live optimizer, open file descriptors, threads.
 
-``--save_only_trainable`` runs the same with partial checkpoints (each segment then resumes from one).
+``--save_only_trainable`` runs the same with partial checkpoints (each segment then resumes from one);
+``--cache_frozen_features`` with the frozen-prefix feature cache (every unfreezing event reaches into
+the cached prefix and shortens it; each segment reports its cache counters).
 
 Results go to stdout and ``benchmarks/results/long_run.json``. This is not part of the test suite
 (it takes minutes); docs/reliability.md shows its figures.
@@ -149,6 +151,11 @@ def main() -> None:
         help="partial checkpoints (only what trains, plus the fingerprint of the frozen weights)",
     )
     parser.add_argument(
+        "--cache_frozen_features",
+        action="store_true",
+        help="the frozen-prefix feature cache (followed through every unfreezing event)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -183,6 +190,7 @@ def main() -> None:
             unfreeze_steps=max(1, cli.steps // 6),
             layer_lr_decay=0.9,
             save_only_trainable=cli.save_only_trainable,
+            cache_frozen_features=cli.cache_frozen_features,
             max_steps=cli.steps,
             per_device_train_batch_size=8,
             per_device_eval_batch_size=32,
@@ -224,6 +232,7 @@ def main() -> None:
                     **counts(model, trainer),
                     "checkpoints": sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")),
                     "last_checkpoint_bytes": folder_bytes(os.path.join(out, f"checkpoint-{trainer.state.global_step}")),
+                    "feature_cache": vars(trainer.feature_cache_stats) if cli.cache_frozen_features else None,
                 }
             )
             print(
@@ -249,6 +258,7 @@ def main() -> None:
         "steps": cli.steps,
         "segments": cli.segments,
         "save_only_trainable": cli.save_only_trainable,
+        "cache_frozen_features": cli.cache_frozen_features,
         "eval_every": cli.eval_every,
         "save_every": cli.save_every,
         "evaluations": len(evals),

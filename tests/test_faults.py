@@ -211,3 +211,26 @@ def test_sigkills_while_writing_partial_checkpoints_and_between_steps_resume_bit
     assert info["global_step"] == MAX_STEPS
     assert_bitwise_equal(weights(tmp_path / "final.pt"), partial_reference)
     assert not list(out.glob("checkpoint-*/*.tmp-*")), "a killed write's temporary file outlived the rewrite"
+
+
+# ---------------------------------------------------------------- frozen-feature caching (cache_frozen_features)
+@pytest.fixture(scope="module")
+def cached_reference(tmp_path_factory) -> dict[str, torch.Tensor]:
+    tmp = tmp_path_factory.mktemp("uninterrupted_cached")
+    info = run_worker(tmp / "out", tmp / "final.pt", "--cache_dir", str(tmp / "cache"))
+    assert info["global_step"] == MAX_STEPS
+    assert info["cache"]["prefix_skips"] > 0 and info["cache"]["disk_bytes"] > 0  # hits, all spilled to disk
+    return weights(tmp / "final.pt")
+
+
+def test_sigkill_with_the_feature_cache_leaves_no_spill_file_and_resumes_bitwise(cached_reference, tmp_path):
+    """A cached run (every feature spilled to disk) killed between steps at a seeded step leaves nothing in
+    the cache folder; the resumed run refills the cache and ends bitwise equal to the uninterrupted one."""
+    step = random.Random(SEED + 3).choice(range(SAVE_STEPS + 2, MAX_STEPS))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    kill_at(out, tmp_path, "--hang_after_step", str(step), flags=("--cache_dir", str(cache)))
+    assert cache.is_dir() and not list(cache.iterdir()), "a killed run left its spill file behind"
+    info = run_worker(out, tmp_path / "final.pt", "--resume", "--cache_dir", str(cache))
+    assert info["global_step"] == MAX_STEPS and info["cache"]["prefix_skips"] > 0
+    assert_bitwise_equal(weights(tmp_path / "final.pt"), cached_reference)
+    assert not list(cache.iterdir())

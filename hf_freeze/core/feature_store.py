@@ -2,7 +2,9 @@
 
 Each entry is one example's features (``[kept positions, hidden]``), stored under a content digest.
 Past the budget, new entries are appended to one file in the cache folder and read back through a
-memory map, so a cache larger than RAM still works (at disk speed) instead of failing.
+memory map, so a cache larger than RAM still works (at disk speed) instead of failing. On POSIX the
+file is unlinked as soon as it is created (it lives while the store holds it open), so a run that is
+killed leaves no spill file behind.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class FeatureStore:
         self.memory_bytes = 0
         self.disk_bytes = 0
         self._file = None
-        self._path: str | None = None
+        self._path: str | None = None  # set only while the file has a name (not on POSIX, see _open)
         self._map: np.memmap | None = None
 
     def __len__(self) -> int:
@@ -51,11 +53,6 @@ class FeatureStore:
 
     def __contains__(self, key: bytes) -> bool:
         return key in self._memory or key in self._disk
-
-    @property
-    def path(self) -> str | None:
-        """The spill file, once something was written to it."""
-        return self._path
 
     def put(self, key: bytes, value: torch.Tensor) -> None:
         """Store a copy of ``value`` (detached, on the CPU, contiguous) under ``key``; a known key is kept."""
@@ -92,15 +89,19 @@ class FeatureStore:
         if self._file is None:
             folder = self.cache_dir or tempfile.gettempdir()
             os.makedirs(folder, exist_ok=True)
-            fd, self._path = tempfile.mkstemp(prefix="hf_freeze_features_", suffix=".bin", dir=folder)
-            self._file = os.fdopen(fd, "wb")
+            fd, path = tempfile.mkstemp(prefix="hf_freeze_features_", suffix=".bin", dir=folder)
+            self._file = os.fdopen(fd, "w+b")
+            if os.name == "posix":
+                os.unlink(path)  # the open file keeps its data; nothing stays behind after a kill
+            else:
+                self._path = path
         self._map = None  # the file grows: map it again on the next read
         return self._file
 
     def _mapped(self) -> np.memmap:
         if self._map is None:
             self._file.flush()
-            self._map = np.memmap(self._path, dtype=np.uint8, mode="r")
+            self._map = np.memmap(self._file, dtype=np.uint8, mode="r")
         return self._map
 
     def close(self) -> None:

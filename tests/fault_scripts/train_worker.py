@@ -108,7 +108,11 @@ def main() -> None:
     parser.add_argument("--hang_in_save", default=None)
     parser.add_argument("--marker", default=None)
     parser.add_argument("--save_only_trainable", action="store_true")
+    parser.add_argument("--cache_dir", default=None, help="cache_frozen_features, every feature spilled here")
     cli = parser.parse_args()
+    cache = {}
+    if cli.cache_dir:  # 8 examples: 2 steps per epoch, so later epochs hit the cache
+        cache = dict(cache_frozen_features=True, feature_cache_max_memory_mb=0, feature_cache_dir=cli.cache_dir)
 
     args = FreezingTrainingArguments(
         cli.output_dir,
@@ -128,19 +132,28 @@ def main() -> None:
         seed=42,
         dataloader_num_workers=0,
         save_only_trainable=cli.save_only_trainable,
+        **cache,
     )
     callbacks = [HangAfterStep(cli.hang_after_step, cli.marker)] if cli.hang_after_step else []
     if cli.hang_in_save:
         step, phase = cli.hang_in_save.split(":")
         hang_in_save(int(step), phase, cli.marker)
     model = build("bert")
-    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData(32), callbacks=callbacks)
+    trainer = FreezingTrainer(model=model, args=args, train_dataset=TokenData(8 if cache else 32), callbacks=callbacks)
     last = get_last_checkpoint(cli.output_dir) if cli.resume and os.path.isdir(cli.output_dir) else None
     resume = cli.resume_from or (True if last else None)  # True: FreezingTrainer picks the last checkpoint
     trainer.train(resume_from_checkpoint=resume)
     torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, cli.result)
     with open(cli.result + ".json", "w") as handle:
-        json.dump({"global_step": trainer.state.global_step, "resumed_from": cli.resume_from or last}, handle)
+        stats = getattr(trainer, "feature_cache_stats", None)
+        json.dump(
+            {
+                "global_step": trainer.state.global_step,
+                "resumed_from": cli.resume_from or last,
+                "cache": None if stats is None else {**stats.__dict__},
+            },
+            handle,
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from ..core.plan import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER
+from ..core.param_decision import GROUP_EMBEDDINGS, GROUP_HEAD, GROUP_OTHER
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import FeatureCacheError
-from .plan import GROUP_EMBEDDINGS, FreezePlan
+from .param_decision import GROUP_EMBEDDINGS
+from .plan import FreezePlan
 
 OPTION = "`cache_frozen_features`=True"
 

@@ -21,12 +21,10 @@ from .model_index import ModelIndex, param_tensors, paused_gc, walk_model
 from .norm_stats import freeze_norm_statistics, frozen_norms
 from .param_decision import (
     DECISION_FIELDS,
-    GROUP_EMBEDDINGS,
-    GROUP_HEAD,
-    GROUP_OTHER,
     ParamDecision,
     param_shape,
 )
+from .plan_report import group_rows, render_table
 from .rules import AppliedRule, Rule
 
 PLAN_FILE = "freeze_plan.json"
@@ -173,32 +171,7 @@ class FreezePlan:
     # ---------------------------------------------------------------- report
     def groups(self) -> list[dict[str, Any]]:
         """Rows of the per-group table, in model order: embeddings, layers, other, head."""
-        rows: dict[str, dict[str, Any]] = {}
-        for p in self.params:
-            row = rows.get(p.group) or rows.setdefault(
-                p.group,
-                {
-                    "group": p.group,
-                    "stack": p.stack,
-                    "layer": p.layer,
-                    "trainable": 0,
-                    "frozen": 0,
-                    "tensors": 0,
-                    "rules": {},
-                },
-            )
-            row["trainable" if p.trainable else "frozen"] += p.numel
-            row["tensors"] += 1
-            row["rules"][p.rule] = row["rules"].get(p.rule, 0) + 1
-        order = {GROUP_EMBEDDINGS: 0, GROUP_OTHER: 2, GROUP_HEAD: 3}
-        stack_order = {s["path"]: i for i, s in enumerate(self.stacks)}
-
-        def key(row: dict[str, Any]) -> tuple:
-            if row["layer"] is None:
-                return (order.get(row["group"], 2), 0, 0)
-            return (1, stack_order.get(row["stack"], 0), row["layer"])
-
-        return sorted(rows.values(), key=key)
+        return group_rows(self)
 
     def summary(self) -> str:
         """One line, PEFT style: trainable / total / percent."""
@@ -209,23 +182,7 @@ class FreezePlan:
 
     def table(self) -> str:
         """A readable per-group table (plus pattern hit counts and ties)."""
-        rows = [("group", "trainable", "frozen", "tensors", "decided by")]
-        for row in self.groups():
-            rules = ", ".join(f"{rule} ({count})" for rule, count in row["rules"].items())
-            rows.append((row["group"], f"{row['trainable']:,}", f"{row['frozen']:,}", str(row["tensors"]), rules))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = []
-        for i, row in enumerate(rows):
-            cells = [row[0].ljust(widths[0])] + [row[j].rjust(widths[j]) for j in (1, 2, 3)] + [row[4]]
-            lines.append("  ".join(cells).rstrip())
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 10)
-        for option, hits in self.pattern_hits.items():
-            for pattern, count in hits.items():
-                lines.append(f"{option} '{pattern}': {count} parameter(s)")  # as typed: repr doubles backslashes
-        for tie in self.ties:
-            lines.append("tied: " + " = ".join(tie))
-        return "\n".join(lines)
+        return render_table(self)
 
     def __str__(self) -> str:
         return self.summary() + "\n" + self.table()

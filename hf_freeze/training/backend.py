@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.plan import GROUP_OTHER, FreezePlan
+from ..core.param_decision import GROUP_OTHER
+from ..core.plan import FreezePlan
 from ..errors import InvalidOptionError
 from . import compat
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..core.plan import GROUP_EMBEDDINGS, FreezePlan
+from ..core.param_decision import GROUP_EMBEDDINGS
+from ..core.plan import FreezePlan
 from ..errors import InvalidOptionError
 from . import backend
 

@@ -17,7 +17,8 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
-from ..core.plan import GROUP_EMBEDDINGS, FreezePlan
+from ..core.param_decision import GROUP_EMBEDDINGS
+from ..core.plan import FreezePlan
 from ..core.rules import SHORTCUT_RULES, Rule
 from ..errors import InvalidOptionError
 from . import backend

@@ -14,6 +14,10 @@ TF4_TESTS ?= tests
 # DeepSpeed compiles its CPU extension into TORCH_EXTENSIONS_DIR keyed by the torch version only; a second
 # env sharing the default folder would rebuild it on every switch (minutes on a busy machine), so it has its own.
 TF4_PYTEST := TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV_TF4)/torch_extensions $(VENV_TF4)/bin/python -m pytest
+# Two pytest-xdist workers (one file per worker at a time, so module fixtures are built once; each worker
+# keeps torch to one thread, see tests/conftest.py). PYTEST_WORKERS=0 runs in this process, one test at a time.
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
@@ -38,14 +42,14 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed $(VENV_TF4)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest
-	$(TF4_PYTEST) $(TF4_TESTS)
+	$(PY) -m pytest $(XDIST)
+	$(TF4_PYTEST) $(XDIST) $(TF4_TESTS)
 
 test-tf4: $(VENV_TF4)/.installed
-	$(TF4_PYTEST) $(TF4_TESTS)
+	$(TF4_PYTEST) $(XDIST) $(TF4_TESTS)
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow and not distributed"
+	$(PY) -m pytest $(XDIST) -m "not slow and not distributed"
 
 train: $(VENV)/.installed
 	$(PY) recipes/text_classification.py $(ARGS)

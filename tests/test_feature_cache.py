@@ -198,9 +198,10 @@ def _cached_and_plain_runs(family: str) -> dict:
 def test_cached_training_equals_eval_mode_prefix_run(family):
     """Shuffling, dynamic padding, gradient accumulation, evaluation during training, predict.
 
-    Each family's pair runs in a fresh process: on transformers 4.57, after a few hundred other tests in the
-    same process, DistilBERT and DeBERTa-v2 runs (cached and uncached alike) drift from the same runs in a
-    fresh process, by up to 1.5e-3 in the loss, while weights, config and seeds are equal (cause not found).
+    Each family's pair runs in a fresh process, so that nothing an earlier test left in this one reaches it.
+    (On transformers 4.57 these runs once drifted by up to 1.5e-3 in the loss after a few hundred other
+    tests: an earlier test's ``torch_compile=True`` had left ``ACCELERATE_DYNAMO_BACKEND`` set, so they ran
+    compiled. conftest.py now restores the environment after every test.)
     """
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         runs = pool.submit(_cached_and_plain_runs, family).result(timeout=600)
@@ -385,14 +386,21 @@ def test_refused_side_outputs():
     cache.remove()
 
 
+FROZEN = dict(freeze_embeddings=True, freeze_layers=":2")
+
+
 @pytest.mark.parametrize(
-    ("options", "words"),
+    ("options", "environment", "words"),
     [
-        (dict(), "nothing is frozen"),
-        (dict(freeze_embeddings=True, freeze_layers=":2", torch_compile=True), "torch_compile"),
+        (dict(), {}, "nothing is frozen"),
+        ({**FROZEN, "torch_compile": True}, {}, "torch_compile"),
+        # what `accelerate launch --dynamo_backend inductor` exports: Accelerate compiles with torch_compile=False
+        (FROZEN, {"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}, "dynamo_backend='INDUCTOR'"),
     ],
 )
-def test_trainer_refuses_before_any_step(options, words, tmp_path):
+def test_trainer_refuses_before_any_step(options, environment, words, tmp_path, monkeypatch):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
     model = build("bert")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = FreezingTrainingArguments(

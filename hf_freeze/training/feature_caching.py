@@ -89,18 +89,30 @@ def _check_setup(trainer: Any) -> None:
             "freeze_layers (e.g. ':4'), or set cache_frozen_features=False."
         )
     _check_folder(args.feature_cache_dir)
+    backend = _dynamo_backend(trainer)
     setups = {
         "DeepSpeed": trainer.is_deepspeed_enabled,
         "FSDP": trainer.is_fsdp_enabled,
         "torch_compile": bool(getattr(args, "torch_compile", False)),
+        f"Accelerate's dynamo_backend={backend!r}": backend not in (None, "NO"),
     }
     for name, active in setups.items():
         if active:
             raise InvalidOptionError(
                 f"{option} is supported on one process and under DDP without compilation, not under {name} (it "
                 "shards or recompiles the modules the cache skips; not tested there). Train with DDP or on one "
-                "process, or set cache_frozen_features=False."
+                "process without compilation (torch_compile=False, Accelerate's dynamo_backend 'no'), or set "
+                "cache_frozen_features=False."
             )
+
+
+def _dynamo_backend(trainer: Any) -> str | None:
+    """The backend Accelerate will compile the model with when it prepares it, however it was asked for:
+    ``torch_compile``, ``accelerate launch --dynamo_backend`` or a config's ``dynamo_backend`` (both exported
+    as ``ACCELERATE_DYNAMO_BACKEND``, which transformers 4.57 also reads with ``torch_compile=False``)."""
+    plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "dynamo_plugin", None)
+    backend = getattr(plugin, "backend", None)
+    return None if backend is None else str(getattr(backend, "value", backend)).upper()
 
 
 def _check_folder(folder: str | None) -> None:

@@ -94,7 +94,7 @@ def _check_setup(trainer: Any) -> None:
         "DeepSpeed": trainer.is_deepspeed_enabled,
         "FSDP": trainer.is_fsdp_enabled,
         "torch_compile": bool(getattr(args, "torch_compile", False)),
-        f"Accelerate's dynamo_backend={backend!r}": backend not in (None, "NO"),
+        f"Accelerate's dynamo_backend={backend!r}": backend != "NO",
     }
     for name, active in setups.items():
         if active:
@@ -106,13 +106,12 @@ def _check_setup(trainer: Any) -> None:
             )
 
 
-def _dynamo_backend(trainer: Any) -> str | None:
+def _dynamo_backend(trainer: Any) -> str:
     """The backend Accelerate will compile the model with when it prepares it, however it was asked for:
     ``torch_compile``, ``accelerate launch --dynamo_backend`` or a config's ``dynamo_backend`` (both exported
     as ``ACCELERATE_DYNAMO_BACKEND``, which transformers 4.57 also reads with ``torch_compile=False``)."""
-    plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "dynamo_plugin", None)
-    backend = getattr(plugin, "backend", None)
-    return None if backend is None else str(getattr(backend, "value", backend)).upper()
+    plugin = trainer.accelerator.state.dynamo_plugin
+    return "NO" if plugin is None else plugin.backend.value.upper()
 
 
 def _check_folder(folder: str | None) -> None:

